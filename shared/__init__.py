@@ -1,0 +1,130 @@
+"""opsplane's shared library: the contract and the plumbing every service uses.
+
+Import from here, never from the private ``_modules``.
+"""
+
+from ._broker import connect_with_retry, make_broker, round_trip
+from ._db import DRIVER_ERRORS, connect, create_pool, describe
+from ._dlq import DeadLetters, reason_of
+from ._errors import (
+    BrokerError,
+    ConfigError,
+    ContractError,
+    DatabaseError,
+    DependencyError,
+    DriftError,
+    MigrationError,
+    OpsplaneError,
+    StorageError,
+)
+from ._ingest import BatchPublisher, publish_pool_gauge, publish_ws_gauge, request_record
+from ._jetstream import (
+    COMMANDS_STREAM,
+    CONSUMERS,
+    DLQ_STREAM,
+    EVENTS_STREAM,
+    STATUS_BUCKET,
+    STREAMS,
+    ConsumerSpec,
+    StreamSpec,
+    check_drift,
+    ensure_jetstream,
+)
+from ._logging import ContextMiddleware, configure_logging, context_headers, get_logger, scrub
+from ._migrations import Migration, load_migrations, migrate
+from ._models import (
+    AlertEvent,
+    DeadLetter,
+    HealthEvent,
+    Heartbeat,
+    JobEvent,
+    PoolGauge,
+    Progress,
+    RequestRecord,
+    WireModel,
+    WsGauge,
+    utcnow,
+)
+from ._service import ServiceRuntime
+from ._settings import Settings
+from ._status import Status, effective_status
+from ._version import VERSION
+from ._views import (
+    SYSTEM_KEY,
+    CheckView,
+    InstanceView,
+    ServiceView,
+    SystemView,
+    TenantSummary,
+    TenantView,
+    tenant_key,
+)
+from . import _subjects as subjects
+
+__all__ = [
+    "COMMANDS_STREAM",
+    "CONSUMERS",
+    "DLQ_STREAM",
+    "DRIVER_ERRORS",
+    "EVENTS_STREAM",
+    "STATUS_BUCKET",
+    "STREAMS",
+    "SYSTEM_KEY",
+    "VERSION",
+    "AlertEvent",
+    "BatchPublisher",
+    "BrokerError",
+    "CheckView",
+    "ConfigError",
+    "ConsumerSpec",
+    "ContextMiddleware",
+    "ContractError",
+    "DatabaseError",
+    "DeadLetter",
+    "DeadLetters",
+    "DependencyError",
+    "DriftError",
+    "HealthEvent",
+    "Heartbeat",
+    "InstanceView",
+    "JobEvent",
+    "Migration",
+    "MigrationError",
+    "OpsplaneError",
+    "PoolGauge",
+    "Progress",
+    "RequestRecord",
+    "ServiceRuntime",
+    "ServiceView",
+    "Settings",
+    "Status",
+    "StorageError",
+    "StreamSpec",
+    "SystemView",
+    "TenantSummary",
+    "TenantView",
+    "WireModel",
+    "WsGauge",
+    "check_drift",
+    "configure_logging",
+    "connect",
+    "connect_with_retry",
+    "context_headers",
+    "create_pool",
+    "describe",
+    "effective_status",
+    "ensure_jetstream",
+    "get_logger",
+    "load_migrations",
+    "make_broker",
+    "migrate",
+    "publish_pool_gauge",
+    "publish_ws_gauge",
+    "reason_of",
+    "request_record",
+    "round_trip",
+    "scrub",
+    "subjects",
+    "tenant_key",
+    "utcnow",
+]
