@@ -32,10 +32,12 @@ class EmbeddedServer:
     name: str = ""
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Where the server's log goes (default: beside its data, in ``workdir``).
+    log_dir: Path | None = None
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
+        return (self.log_dir or self.workdir) / f"{self.name}.log"
 
     @property
     def running(self) -> bool:
