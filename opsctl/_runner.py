@@ -31,9 +31,10 @@ def available() -> list[str]:
     return out
 
 
-def load_app(name: str, settings: Settings) -> Any:
+def load_app(name: str) -> Any:
+    """The service's ASGI app; each service reads its own settings class from the env."""
     module = importlib.import_module(f"services.{name}.main")
-    return module.create_app(settings)
+    return module.create_app()
 
 
 def bind_address(name: str, settings: Settings) -> tuple[str, int]:
@@ -50,7 +51,7 @@ def run_service(name: str) -> None:
 
         app = create_demo_app(settings)
     else:
-        app = load_app(name, settings)
+        app = load_app(name)
     host, port = bind_address(name, settings)
     config = uvicorn.Config(
         app,
