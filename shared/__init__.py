@@ -29,6 +29,7 @@ from ._jetstream import (
     StreamSpec,
     check_drift,
     ensure_jetstream,
+    open_status_bucket,
 )
 from ._logging import ContextMiddleware, configure_logging, context_headers, get_logger, scrub
 from ._migrations import Migration, load_migrations, migrate
@@ -118,6 +119,7 @@ __all__ = [
     "load_migrations",
     "make_broker",
     "migrate",
+    "open_status_bucket",
     "publish_pool_gauge",
     "publish_ws_gauge",
     "reason_of",

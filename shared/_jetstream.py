@@ -24,6 +24,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from ._errors import BrokerError, DriftError
 from ._logging import get_logger
@@ -201,6 +202,11 @@ async def ensure_status_bucket(js: JetStreamContext, replicas: int) -> list[str]
         await js.key_value(STATUS_BUCKET)
         return []
     return [f"created bucket {STATUS_BUCKET}"]
+
+
+async def open_status_bucket(js: JetStreamContext) -> KeyValue:
+    """Bind to the declared bucket (never create it with other settings, as FastStream would)."""
+    return await js.key_value(STATUS_BUCKET)
 
 
 async def ensure_jetstream(js: JetStreamContext, *, replicas: int = 1) -> list[str]:

@@ -20,10 +20,13 @@ from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ._broker import connect_with_retry, round_trip
-from ._jetstream import ensure_jetstream
+from ._errors import BrokerError
+from ._jetstream import ensure_jetstream, open_status_bucket
 from ._logging import get_logger
 from ._models import Heartbeat, utcnow
 from ._settings import Settings
@@ -56,6 +59,17 @@ class ServiceRuntime:
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self.add_task("heartbeat", self._heartbeat_loop)
+
+    @property
+    def client(self) -> Client:
+        """The live nats-py client (after start-up)."""
+        connection = self.broker._connection
+        if connection is None:
+            raise BrokerError("broker is not connected yet")
+        return connection
+
+    async def status_bucket(self) -> KeyValue:
+        return await open_status_bucket(self.client.jetstream())
 
     # ---- registration ------------------------------------------------------------------
 
@@ -99,6 +113,16 @@ class ServiceRuntime:
             except Exception as exc:
                 log.warning("service.shutdown_hook_failed", error=str(exc))
         log.info("service.stopping")
+
+    async def start(self) -> None:
+        """Start outside FastStream's ASGI app (the gateway runs it in FastAPI's lifespan)."""
+        await self._before_broker_start()
+        await self.broker.start()
+        await self._after_broker_start()
+
+    async def stop(self) -> None:
+        await self._before_broker_stop()
+        await self.broker.stop()
 
     async def _supervised(self, name: str, factory: TaskFactory) -> None:
         """Run a background loop; if it crashes, log and restart it after a pause."""

@@ -1,0 +1,62 @@
+"""The HTTP gateway: serves health and status to orchestrators, operators and scrapers.
+
+Subscribes: KV ``ops_status`` (watch; every key, into ``ViewCache``).
+Publishes: ``ops.heartbeat.gateway.<instance>``.
+State: the latest views in memory; stateless otherwise, so any number of replicas can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from shared import VERSION, ServiceRuntime, Settings, make_broker
+
+from . import routes_probes
+from .cache import ViewCache
+
+SERVICE = "gateway"
+
+
+@dataclass
+class Gateway:
+    """What the routes need, on ``app.state.gateway``."""
+
+    settings: Settings
+    runtime: ServiceRuntime
+    cache: ViewCache = field(default_factory=ViewCache)
+
+    def broker_connected(self) -> bool:
+        connection = self.runtime.broker._connection
+        return connection is not None and connection.is_connected
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    broker = make_broker(settings, service=SERVICE)
+    gateway = Gateway(settings, ServiceRuntime(SERVICE, settings, broker))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.runtime.start()
+        watch = asyncio.create_task(gateway.cache.watch(gateway.runtime.status_bucket))
+        try:
+            yield
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await gateway.runtime.stop()
+
+    app = FastAPI(
+        title="opsplane gateway",
+        version=VERSION,
+        description="Health, status and operations endpoints of opsplane.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.include_router(routes_probes.router)
+    return app
