@@ -74,8 +74,20 @@ class NatsServer(EmbeddedServer):
         store = self.workdir / "nats"
         store.mkdir(parents=True, exist_ok=True)
         self.proc = spawn(
-            [binary, "-a", HOST, "-p", str(self.port), "-m", str(self.monitor_port),
-             "-js", "-sd", str(store), "--server_name", "opsplane-embedded"],
+            [
+                binary,
+                "-a",
+                HOST,
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+                "-js",
+                "-sd",
+                str(store),
+                "--server_name",
+                "opsplane-embedded",
+            ],
             log_path=self.log_path,
         )
         wait_for_port(HOST, self.port, timeout_s=20, proc=self.proc)
@@ -107,7 +119,7 @@ def _open_path_for(path: Path) -> None:
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
         if not mode & 0o001:
-            os.chmod(parent, mode | 0o011)
+            os.chmod(parent, mode | 0o011)  # noqa: S103 - traverse only, no read
 
 
 @dataclass
@@ -139,9 +151,19 @@ class PostgresServer(EmbeddedServer):
             _open_path_for(self.workdir)
             os.chown(data, *owner)
         subprocess.run(
-            [str(self.bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-sync"],
-            check=True, capture_output=True, user=owner[0] if owner else None,
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            user=owner[0] if owner else None,
             group=owner[1] if owner else None,
         )
 
@@ -151,9 +173,23 @@ class PostgresServer(EmbeddedServer):
         self.port = self.port or free_port(5432)
         data = self._data()
         self.proc = spawn(
-            [str(self.bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-h", HOST, "-k", str(data), "-c", "fsync=off", "-c", "max_connections=200",
-             "-c", "shared_buffers=64MB"],
+            [
+                str(self.bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-h",
+                HOST,
+                "-k",
+                str(data),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=64MB",
+            ],
             log_path=self.log_path,
             user=owner[0] if owner else None,
             group=owner[1] if owner else None,
@@ -164,14 +200,21 @@ class PostgresServer(EmbeddedServer):
     def _ensure_database(self) -> None:
         psql = str(self.bin_dir / "psql")
         exists = subprocess.run(
-            [psql, self.admin_url(), "-tAc",
-             f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
-            check=True, capture_output=True, text=True,
+            [
+                psql,
+                self.admin_url(),
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         if not exists:
             subprocess.run(
                 [psql, self.admin_url(), "-c", f'CREATE DATABASE "{self.database}"'],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
 
     def stop(self) -> None:
@@ -206,7 +249,9 @@ def create_bucket(endpoint_url: str, bucket: str, region: str = "us-east-1") -> 
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=endpoint_url, region_name=region,
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
         aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
         aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
     )

@@ -51,7 +51,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_child_setup,  # noqa: PLW1509 - no threads hold locks we need here
+            preexec_fn=_child_setup,
             user=user,
             group=group,
         )
@@ -60,7 +60,9 @@ def spawn(
             out.close()
 
 
-def stop(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int:
+def stop(
+    proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout_s: float = 10.0
+) -> int:
     """Signal the child's process group, wait, then SIGKILL what is left. Returns the exit code."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -91,7 +93,9 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, *, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, *, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

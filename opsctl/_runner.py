@@ -40,12 +40,16 @@ def load_app(name: str) -> Any:
 def bind_address(name: str, settings: Settings) -> tuple[str, int]:
     if name == "gateway":
         return settings.gateway_host, settings.gateway_port
-    return settings.service_host, settings.service_port or SERVICES.get(name) or EXTRA_PROCESSES[name]
+    return settings.service_host, settings.service_port or SERVICES.get(name) or EXTRA_PROCESSES[
+        name
+    ]
 
 
 def run_service(name: str) -> None:
     settings = Settings()
-    configure_logging(name, instance=settings.instance, level=settings.log_level, fmt=settings.log_format)
+    configure_logging(
+        name, instance=settings.instance, level=settings.log_level, fmt=settings.log_format
+    )
     if name == "demo-app":
         from .demo.app import create_app as create_demo_app
 

@@ -3,6 +3,7 @@
 Import from here, never from the private ``_modules``.
 """
 
+from . import _subjects as subjects
 from ._broker import connect_with_retry, make_broker, round_trip
 from ._db import DRIVER_ERRORS, connect, create_pool, describe
 from ._dlq import DeadLetters, reason_of
@@ -60,7 +61,6 @@ from ._views import (
     TenantView,
     tenant_key,
 )
-from . import _subjects as subjects
 
 __all__ = [
     "COMMANDS_STREAM",

@@ -65,7 +65,11 @@ def make_broker(
 
 
 async def connect_with_retry(
-    broker: NatsBroker, *, attempts: int | None = None, delay_s: float = 0.5, max_delay_s: float = 5.0
+    broker: NatsBroker,
+    *,
+    attempts: int | None = None,
+    delay_s: float = 0.5,
+    max_delay_s: float = 5.0,
 ) -> Client:
     """Connect ``broker``, retrying with backoff; ``attempts=None`` retries forever."""
     attempt = 0

@@ -45,12 +45,19 @@ def reason_of(exc: ValidationError) -> str:
 
 
 class DeadLetters:
-    def __init__(self, publisher: Publisher, *, on_error: Callable[[Exception], None] | None = None):
+    def __init__(
+        self, publisher: Publisher, *, on_error: Callable[[Exception], None] | None = None
+    ):
         self._publisher = publisher
         self._on_error = on_error
 
     async def reject(
-        self, origin: str, subject: str, body: bytes, reason: str, headers: dict[str, str] | None = None
+        self,
+        origin: str,
+        subject: str,
+        body: bytes,
+        reason: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         DLQ_MESSAGES.labels(origin=origin).inc()
         letter = DeadLetter(

@@ -10,6 +10,7 @@ request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -72,10 +73,8 @@ class BatchPublisher:
     async def stop(self, *, flush: bool = True) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if flush:
             await self.flush()
@@ -98,10 +97,8 @@ class BatchPublisher:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.flush()
 

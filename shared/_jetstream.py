@@ -163,7 +163,9 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
     if not mutable:
         return []
     log.warning("jetstream.drift", stream=spec.name, fields={k: str(v) for k, v in mutable.items()})
-    await js.update_stream(dataclasses.replace(info.config, **{k: v[0] for k, v in mutable.items()}))
+    await js.update_stream(
+        dataclasses.replace(info.config, **{k: v[0] for k, v in mutable.items()})
+    )
     return [f"updated stream {spec.name}: {sorted(mutable)}"]
 
 
@@ -177,7 +179,9 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> list[str]
     drift = diff_config(declared, info.config, _CONSUMER_FIELDS)
     if not drift:
         return []
-    log.warning("jetstream.drift", consumer=spec.durable, fields={k: str(v) for k, v in drift.items()})
+    log.warning(
+        "jetstream.drift", consumer=spec.durable, fields={k: str(v) for k, v in drift.items()}
+    )
     await js.add_consumer(spec.stream, declared)  # add with the same name updates in place
     return [f"updated consumer {spec.stream}/{spec.durable}: {sorted(drift)}"]
 
@@ -239,5 +243,7 @@ async def check_drift(js: JetStreamContext, *, replicas: int = 1) -> dict[str, d
         fields = (*_MUTABLE_STREAM_FIELDS, *_IMMUTABLE_STREAM_FIELDS)
         drift = diff_config(spec.config(replicas), info.config, fields)
         if drift:
-            report[spec.name] = {k: {"declared": str(a), "actual": str(b)} for k, (a, b) in drift.items()}
+            report[spec.name] = {
+                k: {"declared": str(a), "actual": str(b)} for k, (a, b) in drift.items()
+            }
     return report

@@ -24,7 +24,9 @@ TENANT_ID_HEADER = "X-Tenant-ID"
 _CONTEXT_HEADERS = {REQUEST_ID_HEADER: "request_id", TENANT_ID_HEADER: "tenant_id"}
 
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|authorization|api_key|apikey|dsn|cookie", re.I)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:@/\s]+):[^@/\s]+@", re.I)
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:@/\s]+):[^@/\s]+@", re.I
+)
 MASK = "***"
 
 
@@ -105,12 +107,10 @@ def context_headers() -> dict[str, str]:
     return headers
 
 
-class ContextMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+class ContextMiddleware(BaseMiddleware):
     """Binds context from an incoming message's headers; stamps it on outgoing ones."""
 
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: Any
-    ) -> Any:
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
         headers = getattr(msg, "headers", None) or {}
         values: dict[str, str] = {"correlation_id": str(getattr(msg, "correlation_id", ""))}
         for header, key in _CONTEXT_HEADERS.items():
@@ -119,9 +119,7 @@ class ContextMiddleware(BaseMiddleware):  # type: ignore[type-arg]
         with structlog.contextvars.bound_contextvars(**values):
             return await call_next(msg)
 
-    async def publish_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any
-    ) -> Any:
+    async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
         extra = context_headers()
         if extra:
             cmd.headers = {**extra, **(cmd.headers or {})}

@@ -23,7 +23,7 @@ from pydantic import (
 
 from ._status import Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # the only version so far; bump with a new Literal member
 
 
 def utcnow() -> datetime:
@@ -44,7 +44,7 @@ class WireModel(BaseModel):
         extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=False
     )
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    schema_version: Literal[1] = Field(default=1, alias="schema")
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -183,12 +183,18 @@ class ServiceRuntime:
 
         @get(include_in_schema=False)
         async def metrics(scope: Any) -> AsgiResponse:
-            return AsgiResponse(generate_latest(REGISTRY), 200, {"content-type": CONTENT_TYPE_LATEST})
+            return AsgiResponse(
+                generate_latest(REGISTRY), 200, {"content-type": CONTENT_TYPE_LATEST}
+            )
 
         return AsgiFastStream(
             self.broker,
-            asgi_routes=[("/livez", livez), ("/readyz", readyz), ("/metrics", metrics)]
-            + list(extra_routes or []),
+            asgi_routes=[
+                ("/livez", livez),
+                ("/readyz", readyz),
+                ("/metrics", metrics),
+                *list(extra_routes or []),
+            ],
             on_startup=[self._before_broker_start],
             after_startup=[self._after_broker_start],
             on_shutdown=[self._before_broker_stop],

@@ -26,7 +26,9 @@ def require_tool(name: str, package: str) -> str:
     if path:
         return path
     if IN_CI:
-        pytest.fail(f"{name} is required under CI=true (apt package {package}); .ci/run installs it")
+        pytest.fail(
+            f"{name} is required under CI=true (apt package {package}); .ci/run installs it"
+        )
     pytest.skip(f"{name} not installed (apt-get install {package}); CI installs it")
 
 

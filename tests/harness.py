@@ -36,8 +36,13 @@ def runtime_dir() -> str:
     return path
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.1,
+    message: str = "condition",
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with ``message`` after a while."""
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
@@ -49,7 +54,9 @@ def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: fl
         except Exception as exc:
             last_error = exc
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {message} (last error: {last_error!r})")
+    raise AssertionError(
+        f"timed out after {timeout_s}s waiting for {message} (last error: {last_error!r})"
+    )
 
 
 @dataclass
@@ -118,12 +125,23 @@ class ServiceProcess:
 
     def start(self, *, wait: str | None = "/livez", timeout_s: float = 30.0) -> ServiceProcess:
         self.port = self.port or free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "NATS_", "DATABASE_"))}
-        env.update({"XDG_RUNTIME_DIR": runtime_dir(), "OPS_SERVICE_PORT": str(self.port),
-                    "OPS_GATEWAY_PORT": str(self.port)})
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "NATS_", "DATABASE_"))
+        }
+        env.update(
+            {
+                "XDG_RUNTIME_DIR": runtime_dir(),
+                "OPS_SERVICE_PORT": str(self.port),
+                "OPS_GATEWAY_PORT": str(self.port),
+            }
+        )
         env.update(self.env)
-        self.proc = spawn([sys.executable, "-m", "opsctl", "run", self.service], env=env,
-                          log_path=self.log_path, cwd=REPO)
+        self.proc = spawn(
+            [sys.executable, "-m", "opsctl", "run", self.service],
+            env=env,
+            log_path=self.log_path,
+            cwd=REPO,
+        )
         if wait:
             self.wait_http(wait, timeout_s=timeout_s)
         return self
@@ -132,12 +150,16 @@ class ServiceProcess:
         def ready() -> httpx.Response | None:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.service} exited {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"{self.service} exited {self.proc.returncode}:\n{self.log_tail()}"
+                )
             response = httpx.get(self.base_url + path, timeout=1.0)
             return response if response.status_code == status else None
 
         try:
-            return wait_until(ready, timeout_s=timeout_s, message=f"{self.service} {path} -> {status}")
+            return wait_until(
+                ready, timeout_s=timeout_s, message=f"{self.service} {path} -> {status}"
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- {self.service} log ---\n{self.log_tail()}") from None
 
@@ -162,8 +184,9 @@ class ServiceProcess:
 
 
 @contextmanager
-def services(names: list[str], env: dict[str, str], logdir: Path,
-             wait: dict[str, str] | None = None) -> Iterator[dict[str, ServiceProcess]]:
+def services(
+    names: list[str], env: dict[str, str], logdir: Path, wait: dict[str, str] | None = None
+) -> Iterator[dict[str, ServiceProcess]]:
     """Start ``names`` as processes; stop them all on exit, whatever happened."""
     started: dict[str, ServiceProcess] = {}
     try:

@@ -27,12 +27,17 @@ def postgres_status(gateway: ServiceProcess) -> tuple[int, str, str | None]:
     return response.status_code, body["status"], check
 
 
-def test_postgres_outage_turns_health_fail_and_recovers(private_servers: Servers, logdir: Path) -> None:
+def test_postgres_outage_turns_health_fail_and_recovers(
+    private_servers: Servers, logdir: Path
+) -> None:
     env = private_servers.env(**FAST)
     with services(["health", "aggregator", "gateway"], env, logdir) as procs:
         gateway = procs["gateway"]
-        wait_until(lambda: postgres_status(gateway) == (200, "pass", "pass"), timeout_s=20,
-                   message="pass with a postgres check")
+        wait_until(
+            lambda: postgres_status(gateway) == (200, "pass", "pass"),
+            timeout_s=20,
+            message="pass with a postgres check",
+        )
         response = health(gateway)
         assert response.headers["content-type"].startswith("application/health+json")
         assert "max-age" in response.headers["cache-control"]
@@ -41,8 +46,12 @@ def test_postgres_outage_turns_health_fail_and_recovers(private_servers: Servers
         assert private_servers.postgres is not None
         private_servers.postgres.stop()
         stopped_at = time.monotonic()
-        wait_until(lambda: postgres_status(gateway) == (503, "fail", "fail"), timeout_s=10,
-                   interval_s=0.05, message="fail after postgres stopped")
+        wait_until(
+            lambda: postgres_status(gateway) == (503, "fail", "fail"),
+            timeout_s=10,
+            interval_s=0.05,
+            message="fail after postgres stopped",
+        )
         assert time.monotonic() - stopped_at < 5.0
         # The gateway answers from memory: fast even while the database is down.
         timings = []
@@ -53,8 +62,11 @@ def test_postgres_outage_turns_health_fail_and_recovers(private_servers: Servers
         assert max(timings) < 0.25, timings
 
         private_servers.postgres.start()
-        wait_until(lambda: postgres_status(gateway) == (200, "pass", "pass"), timeout_s=15,
-                   message="pass again after postgres restarted")
+        wait_until(
+            lambda: postgres_status(gateway) == (200, "pass", "pass"),
+            timeout_s=15,
+            message="pass again after postgres restarted",
+        )
         for proc in procs.values():
             assert proc.proc is not None and proc.proc.poll() is None, f"{proc.service} restarted"
 
@@ -78,14 +90,23 @@ def test_services_survive_a_nats_restart(private_servers: Servers, logdir: Path)
         wait_until(lambda: postgres_status(gateway)[1] == "pass", timeout_s=20, message="pass")
         private_servers.nats.stop()
         # Readiness is a real round trip: it must notice the broker is gone.
-        wait_until(lambda: health_svc.get("/readyz").status_code == 503, timeout_s=10,
-                   message="health not ready without NATS")
+        wait_until(
+            lambda: health_svc.get("/readyz").status_code == 503,
+            timeout_s=10,
+            message="health not ready without NATS",
+        )
         assert health_svc.get("/livez").status_code == 200  # alive: no restart wanted
         private_servers.nats.start()
-        wait_until(lambda: health_svc.get("/readyz").status_code == 200, timeout_s=20,
-                   message="health ready after NATS came back")
+        wait_until(
+            lambda: health_svc.get("/readyz").status_code == 200,
+            timeout_s=20,
+            message="health ready after NATS came back",
+        )
         # Fresh results flow again end to end (a new view, not the cached one).
         before = health(gateway).json()["checks"]["postgres:responseTime"][0]["time"]
-        wait_until(lambda: health(gateway).json()["checks"]["postgres:responseTime"][0]["time"] != before,
-                   timeout_s=20, message="a new postgres result after the NATS restart")
+        wait_until(
+            lambda: health(gateway).json()["checks"]["postgres:responseTime"][0]["time"] != before,
+            timeout_s=20,
+            message="a new postgres result after the NATS restart",
+        )
         assert postgres_status(gateway)[:2] == (200, "pass")
