@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import typer
+from rich.console import Console
 
 from ._runner import EXTRA_PROCESSES, SERVICES, run_service
 
@@ -15,13 +19,71 @@ def _root() -> None:
 
 
 @app.command()
-def run(service: str = typer.Argument(..., help="health, metrics, aggregator, gateway, maintenance")) -> None:
+def run(
+    service: str = typer.Argument(..., help="health, metrics, aggregator, gateway, maintenance"),
+) -> None:
     """Run one service in the foreground (what a container runs)."""
     if service not in SERVICES and service not in EXTRA_PROCESSES:
         known = ", ".join([*SERVICES, *EXTRA_PROCESSES])
         typer.echo(f"unknown service {service!r}; known: {known}", err=True)
         raise typer.Exit(2)
     run_service(service)
+
+
+@app.command()
+def up(
+    demo: bool = typer.Option(False, "--demo", help="Also run the simulated app with 5 tenants."),
+    workdir: Path = typer.Option(Path(".opsplane"), help="Data, logs and state of this stack."),
+    services: str | None = typer.Option(
+        None, help="Comma-separated services to run (default: every available one; '' for none)."
+    ),
+) -> None:
+    """Start the whole stack (servers, services, demo app) until Ctrl-C."""
+    from ._launcher import available_services
+    from ._launcher import up as run_up
+
+    chosen = None
+    if services is not None:
+        chosen = [s.strip() for s in services.split(",") if s.strip()]
+        unknown = sorted(set(chosen) - set(available_services()))
+        if unknown:
+            typer.echo(f"not available: {', '.join(unknown)}", err=True)
+            raise typer.Exit(2)
+    raise typer.Exit(run_up(workdir, demo=demo, services=chosen))
+
+
+@app.command()
+def status(
+    url: str | None = typer.Option(None, help="Gateway base URL (default: the running `up`'s)."),
+    token: str | None = typer.Option(
+        None, envvar="OPS_TOKEN", help="Super-admin token: also show /super-admin/status."
+    ),
+    workdir: Path = typer.Option(Path(".opsplane"), help="Where `opsctl up` keeps its state."),
+) -> None:
+    """Show the health checks (exit 0 pass/warn, 1 fail, 2 unreachable)."""
+    from ._admin import gateway_url, show_status
+
+    raise typer.Exit(show_status(gateway_url(url, workdir), token, Console()))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the ops schema migrations to DATABASE_URL."""
+    from ._admin import migrate as run_migrate
+
+    raise typer.Exit(asyncio.run(run_migrate(Console())))
+
+
+streams = typer.Typer(help="JetStream streams.", no_args_is_help=True)
+app.add_typer(streams, name="streams")
+
+
+@streams.command("check")
+def streams_check() -> None:
+    """Report drift between declared and actual streams (exit 1 on drift)."""
+    from ._admin import streams_check as run_check
+
+    raise typer.Exit(asyncio.run(run_check(Console())))
 
 
 def main() -> None:
