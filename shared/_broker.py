@@ -64,25 +64,17 @@ def make_broker(
     )
 
 
-async def connect_with_retry(
-    broker: NatsBroker,
-    *,
-    attempts: int | None = None,
-    delay_s: float = 0.5,
-    max_delay_s: float = 5.0,
-) -> Client:
-    """Connect ``broker``, retrying with backoff; ``attempts=None`` retries forever."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await broker.connect()
-        except Exception as exc:
-            if attempts is not None and attempt >= attempts:
-                raise BrokerError(f"cannot connect to NATS: {exc}") from exc
-            log.warning("nats.connect_failed", attempt=attempt, error=str(exc))
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, max_delay_s)
+async def connect_with_retry(broker: NatsBroker) -> Client:
+    """Connect ``broker``; waits for NATS as long as it takes.
+
+    With ``max_reconnect_attempts=-1`` nats-py retries the first connect too, forever (one
+    ``nats.error`` line a try), so a service started before its broker simply waits; a bounded
+    setting makes a failed first connect raise ``BrokerError``.
+    """
+    try:
+        return await broker.connect()
+    except Exception as exc:
+        raise BrokerError(f"cannot connect to NATS: {exc}") from exc
 
 
 async def round_trip(client: Client | None, timeout_s: float = 1.0) -> float | None:

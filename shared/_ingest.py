@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ._logging import get_logger
-from ._subjects import INGEST_POOL, INGEST_REQUESTS, INGEST_WS
+from ._subjects import _TOKEN, INGEST_POOL, INGEST_REQUESTS, INGEST_WS
 
 log = get_logger(__name__)
 
@@ -41,8 +41,12 @@ class BatchPublisher:
         batch_size: int = 200,
         flush_interval_s: float = 0.1,
         max_buffer: int = 50_000,
+        by_tenant: bool = False,
     ) -> None:
+        """``by_tenant``: publish each tenant's records on ``<subject>.<tenant_id>`` (records
+        without a tenant on ``subject``), which partitioned ingest needs (docs/metrics.md)."""
         self._client = client
+        self._by_tenant = by_tenant
         self._subject = subject
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -83,17 +87,34 @@ class BatchPublisher:
         while self._buffer and self._client.is_connected:
             count = min(len(self._buffer), self._batch_size)
             batch = [self._buffer.popleft() for _ in range(count)]
-            try:
-                await self._client.publish(self._subject, self._encoder.encode(batch))
-            except Exception as exc:
-                # Put the batch back (oldest first) unless that would overflow the buffer.
-                room = (self._buffer.maxlen or 0) - len(self._buffer)
-                self._buffer.extendleft(reversed(batch[-room:] if room > 0 else []))
-                self.dropped += max(0, count - max(room, 0))
-                log.debug("ingest.publish_failed", error=str(exc))
-                return
+            groups = self._split(batch)
+            for index, (subject, records) in enumerate(groups):
+                try:
+                    await self._client.publish(subject, self._encoder.encode(records))
+                except Exception as exc:
+                    # Put the unsent records back (oldest first) unless that would overflow.
+                    unsent = [r for _, group in groups[index:] for r in group]
+                    room = (self._buffer.maxlen or 0) - len(self._buffer)
+                    self._buffer.extendleft(reversed(unsent[-room:] if room > 0 else []))
+                    self.dropped += max(0, len(unsent) - max(room, 0))
+                    self.published += count - len(unsent)
+                    log.debug("ingest.publish_failed", error=str(exc))
+                    return
             self.published += count
-            self.batches += 1
+            self.batches += len(groups)
+
+    def _split(self, batch: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+        if not self._by_tenant:
+            return [(self._subject, batch)]
+        groups: dict[str | None, list[dict[str, Any]]] = {}
+        for record in batch:
+            tenant = record.get("tenant_id")
+            key = tenant if isinstance(tenant, str) and _TOKEN.match(tenant) else None
+            groups.setdefault(key, []).append(record)
+        return [
+            (self._subject if tenant is None else f"{self._subject}.{tenant}", records)
+            for tenant, records in groups.items()
+        ]
 
     async def _run(self) -> None:
         while True:

@@ -12,10 +12,17 @@ PREFIX = "ops"
 INGEST_REQUESTS = "ops.ingest.requests"
 INGEST_WS = "ops.ingest.ws"
 INGEST_POOL = "ops.ingest.pool"
+# Partitioned ingest (docs/metrics.md): the app publishes ``ops.ingest.requests.<tenant_id>``;
+# the server's mapping rewrites it to ``ops.ingest.part.<k>.<tenant_id>``.
+INGEST_REQUESTS_BY_TENANT = "ops.ingest.requests.*"
+INGEST_PARTITION_PREFIX = "ops.ingest.part"
 
 HEALTH_ALL = "ops.health.*"
 HEARTBEAT_ALL = "ops.heartbeat.*.*"
 METRICS_ALL = "ops.metrics.>"
+METRICS_GLOBAL = "ops.metrics.global"
+METRICS_TENANTS = "ops.metrics.tenant.*"
+METRICS_PARTITIONS = "ops.metrics.partition.*"
 ALERTS_ALL = "ops.alerts.*"
 CMD_ALL = "ops.cmd.>"
 JOBS_ALL = "ops.jobs.*"
@@ -46,6 +53,19 @@ def metrics_global() -> str:
 
 def metrics_tenant(tenant_id: str) -> str:
     return f"ops.metrics.tenant.{token(tenant_id)}"
+
+
+def ingest_requests_tenant(tenant_id: str) -> str:
+    return f"{INGEST_REQUESTS}.{token(tenant_id)}"
+
+
+def ingest_partition(partition: int) -> str:
+    """What the metrics instance owning ``partition`` subscribes to (one tenant a token)."""
+    return f"{INGEST_PARTITION_PREFIX}.{int(partition)}.*"
+
+
+def metrics_partition(partition: int) -> str:
+    return f"ops.metrics.partition.{int(partition)}"
 
 
 def alert(rule: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._models import AlertEvent, JobEvent, utcnow
+from ._snapshot import TrafficTotals
 from ._status import Status
 
 SYSTEM_KEY = "system"
@@ -77,6 +78,8 @@ class SystemView(ViewModel):
     metrics: dict[str, float | None] = Field(default_factory=dict)
     last_backup: dict[str, Any] | None = None
     jobs: list[JobEvent] = Field(default_factory=list)
+    # Cumulative request counters per metrics partition (for the gateway's /metrics).
+    traffic: dict[str, TrafficTotals] = Field(default_factory=dict)
 
 
 class TenantView(ViewModel):
