@@ -60,13 +60,21 @@ class ServiceRuntime:
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self.add_task("heartbeat", self._heartbeat_loop)
 
+    def connection(self) -> Client | None:
+        """The nats-py client once connected, else None (FastStream keeps it private)."""
+        return self.broker._connection
+
+    def connected(self) -> bool:
+        client = self.connection()
+        return client is not None and client.is_connected
+
     @property
     def client(self) -> Client:
-        """The live nats-py client (after start-up)."""
-        connection = self.broker._connection
-        if connection is None:
+        """The nats-py client (after start-up)."""
+        client = self.connection()
+        if client is None:
             raise BrokerError("broker is not connected yet")
-        return connection
+        return client
 
     async def status_bucket(self) -> KeyValue:
         return await open_status_bucket(self.client.jetstream())
@@ -156,7 +164,7 @@ class ServiceRuntime:
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         details: dict[str, str] = {}
-        rtt = await round_trip(self.broker._connection, timeout_s=1.0)
+        rtt = await round_trip(self.connection(), timeout_s=1.0)
         ready = rtt is not None
         details["nats"] = f"rtt {rtt * 1000:.1f} ms" if rtt is not None else "no round trip"
         for name, check in self._readiness:
