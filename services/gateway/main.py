@@ -31,8 +31,7 @@ class Gateway:
     cache: ViewCache = field(default_factory=ViewCache)
 
     def broker_connected(self) -> bool:
-        connection = self.runtime.broker._connection
-        return connection is not None and connection.is_connected
+        return self.runtime.connected()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
