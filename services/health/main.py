@@ -1,8 +1,10 @@
-"""The health service: probes every dependency on its own interval, publishes ``ops.health.<check>``.
+"""The health service: probes each dependency on its own interval, publishes ``ops.health.*``.
 
-Subscribes: nothing yet (app gauges arrive in the probes issue).
+Subscribes: ``ops.ingest.pool`` and ``ops.ingest.ws`` (the app's gauges; bad ones to the DLQ).
 Publishes: ``ops.health.<check>`` (one per probe run), ``ops.heartbeat.health.<instance>``.
-State: none; every result is published and forgotten (the aggregator keeps the view).
+State: the latest gauge per app node; every probe result is published and forgotten (the
+aggregator keeps the view). Any number of replicas may run: the aggregator keeps the newest
+result per check.
 """
 
 from __future__ import annotations
@@ -10,33 +12,130 @@ from __future__ import annotations
 import functools
 
 from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsRouter
+from faststream.nats.annotations import NatsMessage
 
-from shared import HealthEvent, ServiceRuntime, make_broker, subjects
+from shared import (
+    DeadLetters,
+    HealthEvent,
+    PoolGauge,
+    ServiceRuntime,
+    WsGauge,
+    make_broker,
+    subjects,
+)
 
 from .config import HealthSettings, probe_configs
-from .probe import Probe, probe_loop
-from .probes.postgres import PostgresProbe
+from .gauges import GaugeBook, PoolProbe, WsConnectionsProbe
+from .probe import Probe, ProbeConfig, ProbeResult, probe_loop, skipped
+from .probes.backups import BackupsProbe
+from .probes.mailgun import DEFAULT_API_BASE, MailgunProbe
+from .probes.nats import NatsProbe
+from .probes.postgres import PostgresConnectionsProbe, PostgresProbe
+from .probes.s3 import S3Probe
+from .probes.websocket import WebSocketProbe
 
 SERVICE = "health"
 
 
-def build_probes(settings: HealthSettings) -> list[Probe]:
+class NotConfigured:
+    """A check whose dependency is not configured: reported as ``skipped`` on every interval."""
+
+    def __init__(self, check: str, component: str, reason: str, config: ProbeConfig) -> None:
+        self.check, self.component, self.config = check, component, config
+        self.measurement, self.component_type = "responseTime", "component"
+        self._reason = reason
+
+    async def run(self) -> ProbeResult:
+        return skipped(self._reason)
+
+
+def build_probes(
+    settings: HealthSettings,
+    runtime: ServiceRuntime,
+    pools: GaugeBook[PoolGauge],
+    sockets: GaugeBook[WsGauge],
+) -> list[Probe]:
     configs = probe_configs(settings)
     probes: list[Probe] = []
-    if settings.database_url is not None and configs["postgres"].enabled:
-        probes.append(PostgresProbe(settings.database_dsn(), configs["postgres"]))
-    return probes
+    dsn = settings.database_dsn() if settings.database_url is not None else None
+    if dsn is not None:
+        probes += [
+            PostgresProbe(dsn, configs["postgres"]),
+            PostgresConnectionsProbe(dsn, configs["postgres_connections"]),
+            BackupsProbe(dsn, configs["backups"], catalog=settings.backup_catalog),
+        ]
+    else:
+        probes.append(NotConfigured("postgres", "postgres", "DATABASE_URL not set",
+                                    configs["postgres"]))
+    probes.append(PoolProbe(pools, configs["postgres_pool"]))
+    probes.append(
+        S3Probe(
+            settings.s3_bucket,
+            settings.s3_endpoint_url,
+            settings.aws_region,
+            configs["s3"],
+            canary_key=f"{settings.s3_canary_prefix}/{settings.instance}",
+        )
+    )
+    if settings.mailgun_api_key is not None and settings.mailgun_domain:
+        probes.append(
+            MailgunProbe(
+                settings.mailgun_api_key.get_secret_value(),
+                settings.mailgun_domain,
+                settings.mailgun_api_base or DEFAULT_API_BASE,
+                configs["mailgun"],
+            )
+        )
+    else:
+        probes.append(NotConfigured("mailgun", "mailgun",
+                                    "MAILGUN_API_KEY / MAILGUN_DOMAIN not set", configs["mailgun"]))
+    if settings.ws_url:
+        probes.append(WebSocketProbe(settings.ws_url, configs["websocket"]))
+    else:
+        probes.append(NotConfigured("websocket", "websocket", "WS_URL not set",
+                                    configs["websocket"]))
+    probes.append(WsConnectionsProbe(sockets, configs["websocket_connections"]))
+    probes.append(NatsProbe(lambda: runtime.client, configs["nats"]))
+    return [probe for probe in probes if probe.config.enabled]
+
+
+def gauge_router(
+    dead_letters: DeadLetters, pools: GaugeBook[PoolGauge], sockets: GaugeBook[WsGauge]
+) -> NatsRouter:
+    router = NatsRouter()
+
+    @router.subscriber(subjects.INGEST_POOL)
+    async def on_pool(msg: NatsMessage) -> None:
+        gauge = await dead_letters.decode(
+            PoolGauge, "pool", msg.raw_message.subject, msg.body, msg.headers
+        )
+        if gauge is not None:
+            pools.apply(gauge)
+
+    @router.subscriber(subjects.INGEST_WS)
+    async def on_ws(msg: NatsMessage) -> None:
+        gauge = await dead_letters.decode(
+            WsGauge, "ws", msg.raw_message.subject, msg.body, msg.headers
+        )
+        if gauge is not None:
+            sockets.apply(gauge)
+
+    return router
 
 
 def create_app(settings: HealthSettings | None = None) -> AsgiFastStream:
     settings = settings if isinstance(settings, HealthSettings) else HealthSettings()
     broker = make_broker(settings, service=SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
+    pools: GaugeBook[PoolGauge] = GaugeBook()
+    sockets: GaugeBook[WsGauge] = GaugeBook()
+    broker.include_router(gauge_router(DeadLetters(broker), pools, sockets))
 
     async def publish(event: HealthEvent) -> None:
         await broker.publish(event.to_bytes(), subjects.health(event.check))
 
-    for probe in build_probes(settings):
+    for probe in build_probes(settings, runtime, pools, sockets):
         runtime.add_task(
             f"probe.{probe.check}", functools.partial(probe_loop, probe, settings.instance, publish)
         )
