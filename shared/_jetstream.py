@@ -88,9 +88,9 @@ class ConsumerSpec:
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(
         EVENTS_STREAM,
-        ("ops.alerts.*", "ops.jobs.*"),
+        ("ops.alerts.*", "ops.jobs.*", "ops.status.>"),
         max_age_s=30 * DAY_S,
-        description="Alert transitions and maintenance job progress (audit trail).",
+        description="Alert and status transitions, maintenance job progress (audit trail).",
     ),
     StreamSpec(
         COMMANDS_STREAM,

@@ -135,6 +135,27 @@ class AlertEvent(WireModel):
     summary: Annotated[str, Field(max_length=1024)] = ""
 
 
+StatusKind = Literal["system", "check", "service", "tenant"]
+
+
+class StatusChange(WireModel):
+    """A status transition in a view, published on ``ops.status.<kind>[.<name>]`` (JetStream).
+
+    Published once per change by the aggregator replica whose compare-and-set write made it
+    (``Nats-Msg-Id`` = ``<view key>@<revision>/<kind>.<name>``), so N replicas never duplicate one.
+    ``previous`` is ``None`` when the thing first appears.
+    """
+
+    key: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: StatusKind
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    previous: Status | None = None
+    status: Status
+    output: Annotated[str, Field(max_length=2048)] = ""
+    revision: NonNegativeInt = 0
+    time: UtcDatetime = Field(default_factory=utcnow)
+
+
 JobState = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
 
 

@@ -27,6 +27,7 @@ ALERTS_ALL = "ops.alerts.*"
 CMD_ALL = "ops.cmd.>"
 JOBS_ALL = "ops.jobs.*"
 DLQ_ALL = "ops.dlq.*"
+STATUS_ALL = "ops.status.>"
 
 # A subject token: no dots, wildcards or whitespace (NATS would split or widen it).
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -79,6 +80,13 @@ def command(action: str) -> str:
 
 def job(job_id: str) -> str:
     return f"ops.jobs.{token(job_id)}"
+
+
+def status_change(kind: str, name: str | None = None) -> str:
+    """``ops.status.system``, ``ops.status.check.<check>``, ``ops.status.tenant.<id>``, ..."""
+    if name is None:
+        return f"ops.status.{token(kind)}"
+    return f"ops.status.{token(kind)}.{token(name)}"
 
 
 def dlq(origin: str) -> str:

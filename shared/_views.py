@@ -53,6 +53,7 @@ class InstanceView(ViewModel):
     started_at: datetime
     last_seen: datetime
     alive: bool
+    interval_s: float = 5.0  # the instance's heartbeat interval
 
 
 class ServiceView(ViewModel):
