@@ -1,9 +1,12 @@
 """The aggregator: builds the status views from events and keeps them in KV ``ops_status``.
 
 Subscribes: ``ops.health.*``, ``ops.heartbeat.*.*``.
-Publishes: KV ``ops_status`` key ``system`` (compare-and-set), rejected input on ``ops.dlq.*``.
-State: the latest result per check and heartbeat per instance (``SystemState``), in memory;
-rebuilt within one probe interval after a restart.
+Publishes: KV ``ops_status`` keys ``system`` and ``tenant.<id>`` (compare-and-set, see
+``writer.py``), ``StatusChange`` events on ``ops.status.*`` (JetStream ``OPS_EVENTS``), rejected
+input on ``ops.dlq.*``.
+State: the latest result per check, heartbeat per instance and view per tenant, in memory;
+seeded from KV at start-up, so a restarted replica carries on where the views were.
+Any number of replicas: CAS plus merge means they never take back each other's news.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ from faststream.asgi import AsgiFastStream
 from pydantic import Field
 
 from shared import (
-    SYSTEM_KEY,
     DeadLetters,
     ServiceRuntime,
     Settings,
+    StatusChange,
     get_logger,
     make_broker,
     utcnow,
 )
 
 from .handlers import Deps, build_router
+from .sources import SystemSource
 from .state import SystemState
-from .writer import ViewWriter
+from .tenant_views import TenantBook
+from .writer import ViewWriter, change_subject
 
 SERVICE = "aggregator"
 log = get_logger(__name__)
@@ -33,6 +38,7 @@ log = get_logger(__name__)
 
 class AggregatorSettings(Settings):
     tick_s: float = Field(default=0.25, alias="OPS_AGGREGATOR_TICK")
+    refresh_s: float = Field(default=2.0, alias="OPS_VIEW_REFRESH")
     expected_services: str = Field(
         default="health,aggregator,gateway", alias="OPS_EXPECTED_SERVICES"
     )
@@ -43,22 +49,24 @@ def create_app(settings: AggregatorSettings | None = None) -> AsgiFastStream:
     broker = make_broker(settings, service=SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
     expected = frozenset(s.strip() for s in settings.expected_services.split(",") if s.strip())
-    state = SystemState(expected_services=expected)
+    tenants = TenantBook()
+    state = SystemState(expected_services=expected, contributors=[tenants])
     broker.include_router(build_router(Deps(state, DeadLetters(broker))))
+    sources = (SystemSource(state), tenants)
     writer: dict[str, ViewWriter] = {}
 
+    async def publish_change(change: StatusChange, msg_id: str) -> None:
+        await broker.publish(change.to_bytes(), change_subject(change), stream="OPS_EVENTS",
+                             headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
+
     async def open_bucket() -> None:
-        writer["system"] = ViewWriter(await runtime.status_bucket())
+        writer["views"] = ViewWriter(await runtime.status_bucket(), publish_change,
+                                     refresh_s=settings.refresh_s)
 
     async def write_views() -> None:
         while True:
-            view = state.system_view(utcnow())
-            fingerprint = view.model_dump_json(exclude={"generated_at"}).encode()
-            if writer["system"].due(SYSTEM_KEY, fingerprint):
-                try:
-                    await writer["system"].write(SYSTEM_KEY, view.to_bytes(), fingerprint)
-                except Exception as exc:  # NATS down: the next tick tries again
-                    log.warning("view.write_failed", error=str(exc))
+            for source in sources:
+                await writer["views"].sync(source, utcnow())
             await asyncio.sleep(settings.tick_s)
 
     runtime.on_startup(open_bucket)

@@ -1,67 +1,166 @@
-"""Writes views to KV bucket ``ops_status`` with compare-and-set on the revision.
+"""Writes views to KV bucket ``ops_status`` with compare-and-set, and publishes transitions.
 
-Two aggregator replicas see the same events and compute the same views; CAS makes sure neither
-blindly overwrites a newer view of the other. A view is written when it changed, or every
-``refresh_s`` so its ``generated_at`` tells readers the aggregator is alive (KV put costs ~0.25 ms:
-writing on change or on a short tick, never per event).
+Two aggregator replicas see the same events but not at the same instant. Every write is a
+compare-and-set on the revision this replica last knew. When it fails, another replica wrote in
+between: we read that view, **merge** it into our state (newer results per check/instance/tenant
+win), recompute, and write again only if the merged view still differs. So neither replica ever
+takes back what the other knew, and the two converge on one view.
+
+Transitions (``StatusChange`` on ``ops.status.*``) are computed against the previous revision's
+content and published by the replica whose write made the change, with
+``Nats-Msg-Id = <key>@<revision>/<kind>.<name>``: exactly one event per change, whatever N.
+
+A view is written when it changed, or every ``refresh_s`` so readers can tell from
+``generated_at`` that an aggregator is alive (KV puts are ~4k/s: on change or on a tick, never
+per event).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
-from shared import get_logger
+from shared import Status, StatusChange, get_logger, subjects
 
 log = get_logger(__name__)
+StatusMap = dict[tuple[str, str], tuple[Status, str]]
+PublishChange = Callable[[StatusChange, str], Awaitable[None]]
+MAX_ATTEMPTS = 5
 
 
 class KeyValueLike(Protocol):
-    async def get(self, key: str) -> object: ...
+    async def get(self, key: str) -> Any: ...
     async def create(self, key: str, value: bytes) -> int: ...
     async def update(self, key: str, value: bytes, last: int | None = None) -> int: ...
 
 
+class ViewSource(Protocol):
+    """One family of keys (``system``; ``tenant.*``) and how to build, read and merge them."""
+
+    def keys(self) -> Iterable[str]: ...
+    def view(self, key: str, now: datetime) -> Any: ...
+    def parse(self, key: str, raw: bytes) -> Any: ...
+    def merge(self, key: str, raw: bytes) -> None: ...
+    def statuses(self, view: Any) -> StatusMap: ...
+
+
+def fingerprint(view: Any) -> bytes:
+    return bytes(view.model_dump_json(exclude={"generated_at"}).encode())
+
+
+@dataclass
+class Known:
+    """What this replica knows of one key in KV: its revision and content."""
+
+    revision: int | None
+    fingerprint: bytes | None
+    statuses: StatusMap
+    written_at: float  # monotonic; when the key was last fresh in KV as far as we know
+
+
 class ViewWriter:
-    def __init__(self, kv: KeyValueLike, *, refresh_s: float = 2.0) -> None:
+    def __init__(self, kv: KeyValueLike, publish: PublishChange | None = None, *,
+                 refresh_s: float = 2.0) -> None:
         self._kv = kv
+        self._publish = publish
         self._refresh_s = refresh_s
-        self._revisions: dict[str, int] = {}
-        self._last: dict[str, tuple[bytes, float]] = {}
+        self._known: dict[str, Known] = {}
         self.writes = 0
         self.conflicts = 0
+        self.changes_published = 0
 
-    def due(self, key: str, fingerprint: bytes) -> bool:
-        """Whether ``key`` must be written: its content changed, or it is due a refresh."""
-        last = self._last.get(key)
-        return last is None or last[0] != fingerprint or time.monotonic() - last[1] >= self._refresh_s
-
-    async def write(self, key: str, value: bytes, fingerprint: bytes) -> None:
-        try:
-            revision = await self._put(key, value)
-        except KeyWrongLastSequenceError:
-            # Another replica wrote since our last write: take its revision and write ours on top
-            # (ours was computed from events at least as new; views carry generated_at).
-            self.conflicts += 1
-            revision = await self._put(key, value, reload=True)
-        self._revisions[key] = revision
-        self._last[key] = (fingerprint, time.monotonic())
-        self.writes += 1
-
-    async def _put(self, key: str, value: bytes, *, reload: bool = False) -> int:
-        revision = None if reload else self._revisions.get(key)
-        if revision is None:
+    async def sync(self, source: ViewSource, now: datetime) -> None:
+        """Write every key of ``source`` that changed or is due a refresh."""
+        for key in list(source.keys()):
             try:
-                entry = await self._kv.get(key)
-                revision = entry.revision  # type: ignore[attr-defined]
-            except (NotFoundError, KeyError):
-                revision = None
-        if revision is None:
+                await self.sync_key(source, key, now)
+            except Exception as exc:  # NATS down: the next tick tries again
+                log.warning("view.write_failed", key=key, error=str(exc))
+
+    async def sync_key(self, source: ViewSource, key: str, now: datetime) -> None:
+        known = self._known.get(key)
+        if known is None:
+            known = await self._load(source, key)
+        for _ in range(MAX_ATTEMPTS):
+            view = source.view(key, now)
+            if view is None:
+                return
+            print_ = fingerprint(view)
+            fresh = time.monotonic() - known.written_at < self._refresh_s
+            if print_ == known.fingerprint and fresh:
+                return
             try:
-                return await self._kv.create(key, value)
+                revision = await self._cas(key, view.to_bytes(), known.revision)
             except KeyWrongLastSequenceError:
-                entry = await self._kv.get(key)
-                revision = entry.revision  # type: ignore[attr-defined]
+                self.conflicts += 1
+                known = await self._load(source, key)
+                continue
+            previous = known.statuses
+            known = Known(revision, print_, source.statuses(view), time.monotonic())
+            self._known[key] = known
+            self.writes += 1
+            await self._transitions(key, revision, previous, known.statuses, view)
+            return
+        log.warning("view.write_contended", key=key, attempts=MAX_ATTEMPTS)
+
+    async def _cas(self, key: str, value: bytes, revision: int | None) -> int:
+        if revision is None:
+            return await self._kv.create(key, value)
         return await self._kv.update(key, value, last=revision)
+
+    async def _load(self, source: ViewSource, key: str) -> Known:
+        """Read ``key`` from KV and merge it into the source's state."""
+        try:
+            entry = await self._kv.get(key)
+        except (NotFoundError, KeyError):
+            entry = None
+        if entry is None or entry.value is None:
+            revision = None if entry is None else entry.revision
+            known = Known(revision, None, {}, 0.0)
+        else:
+            source.merge(key, entry.value)
+            current = source.parse(key, entry.value)
+            statuses = source.statuses(current) if current is not None else {}
+            stamp = getattr(current, "generated_at", None)
+            age = (datetime.now(stamp.tzinfo) - stamp).total_seconds() if stamp else 1e9
+            written_at = time.monotonic() - max(0.0, age)
+            printed = fingerprint(current) if current is not None else None
+            known = Known(entry.revision, printed, statuses, written_at)
+        self._known[key] = known
+        return known
+
+    async def _transitions(self, key: str, revision: int, before: StatusMap, after: StatusMap,
+                           view: Any) -> None:
+        if self._publish is None:
+            return
+        for (kind, name), (status, output) in sorted(after.items()):
+            previous = before.get((kind, name))
+            if previous is not None and previous[0] is status:
+                continue
+            if previous is None and not before and kind != "system" and kind != "tenant":
+                continue  # a brand-new view: one event for the whole, not one per part
+            change = StatusChange(
+                key=key, kind=kind, name=name,  # type: ignore[arg-type]
+                previous=None if previous is None else previous[0], status=status,
+                output=output[:2048], revision=revision,
+                time=getattr(view, "generated_at", None) or datetime.now().astimezone(),
+            )
+            msg_id = f"{key}@{revision}/{kind}.{name}"
+            try:
+                await self._publish(change, msg_id)
+                self.changes_published += 1
+            except Exception as exc:
+                log.warning("status.publish_failed", key=key, error=str(exc))
+            log.info("status.changed", key=key, kind=kind, name=name,
+                     previous=change.previous, status=status)
+
+
+def change_subject(change: StatusChange) -> str:
+    if change.kind == "system":
+        return subjects.status_change("system")
+    return subjects.status_change(change.kind, change.name)

@@ -50,6 +50,17 @@ class NotConfigured:
         return skipped(self._reason)
 
 
+class Disabled:
+    """A check switched off in ``OPS_PROBES``: shown as skipped, never run."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.check, self.component, self.config = probe.check, probe.component, probe.config
+        self.measurement, self.component_type = probe.measurement, probe.component_type
+
+    async def run(self) -> ProbeResult:
+        return skipped("disabled in OPS_PROBES")
+
+
 def build_probes(
     settings: HealthSettings,
     runtime: ServiceRuntime,
@@ -97,7 +108,8 @@ def build_probes(
                                     configs["websocket"]))
     probes.append(WsConnectionsProbe(sockets, configs["websocket_connections"]))
     probes.append(NatsProbe(lambda: runtime.client, configs["nats"]))
-    return [probe for probe in probes if probe.config.enabled]
+    # A disabled check keeps reporting, as skipped: it must not linger in the view as "stale".
+    return [probe if probe.config.enabled else Disabled(probe) for probe in probes]
 
 
 def gauge_router(
