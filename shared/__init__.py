@@ -4,6 +4,7 @@ Import from here, never from the private ``_modules``.
 """
 
 from . import _subjects as subjects
+from ._asgi import RequestMetricsMiddleware
 from ._broker import connect_with_retry, make_broker, round_trip
 from ._db import DRIVER_ERRORS, connect, create_pool, describe
 from ._dlq import DeadLetters, reason_of
@@ -19,6 +20,7 @@ from ._errors import (
     StorageError,
 )
 from ._ingest import BatchPublisher, publish_pool_gauge, publish_ws_gauge, request_record
+from ._ingest_link import IngestLink
 from ._jetstream import (
     COMMANDS_STREAM,
     CONSUMERS,
@@ -50,6 +52,16 @@ from ._models import (
 )
 from ._service import ServiceRuntime
 from ._settings import Settings
+from ._snapshot import (
+    DURATION_BOUNDS_S,
+    FULL_WINDOWS,
+    LONG_WINDOWS,
+    SKETCH_BINS_PER_DECADE,
+    WINDOW_SECONDS,
+    MetricSnapshot,
+    TrafficTotals,
+    WindowStats,
+)
 from ._status import Status, effective_status
 from ._version import VERSION
 from ._views import (
@@ -68,11 +80,16 @@ __all__ = [
     "CONSUMERS",
     "DLQ_STREAM",
     "DRIVER_ERRORS",
+    "DURATION_BOUNDS_S",
     "EVENTS_STREAM",
+    "FULL_WINDOWS",
+    "LONG_WINDOWS",
+    "SKETCH_BINS_PER_DECADE",
     "STATUS_BUCKET",
     "STREAMS",
     "SYSTEM_KEY",
     "VERSION",
+    "WINDOW_SECONDS",
     "AlertEvent",
     "BatchPublisher",
     "BrokerError",
@@ -88,13 +105,16 @@ __all__ = [
     "DriftError",
     "HealthEvent",
     "Heartbeat",
+    "IngestLink",
     "InstanceView",
     "JobEvent",
+    "MetricSnapshot",
     "Migration",
     "MigrationError",
     "OpsplaneError",
     "PoolGauge",
     "Progress",
+    "RequestMetricsMiddleware",
     "RequestRecord",
     "ServiceRuntime",
     "ServiceView",
@@ -106,6 +126,8 @@ __all__ = [
     "SystemView",
     "TenantSummary",
     "TenantView",
+    "TrafficTotals",
+    "WindowStats",
     "WireModel",
     "WsGauge",
     "check_drift",

@@ -1,0 +1,1 @@
+"""The metrics service: request windows per tenant, collectors, snapshots and alerts."""

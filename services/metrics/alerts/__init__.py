@@ -1,0 +1,1 @@
+"""Alert rules with Prometheus semantics, SLO burn rates, JetStream events, Alertmanager."""
