@@ -12,6 +12,7 @@ Any number of replicas: CAS plus merge means they never take back each other's n
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from faststream.asgi import AsgiFastStream
 from pydantic import Field
@@ -27,6 +28,7 @@ from shared import (
 )
 
 from .handlers import Deps, build_router
+from .metrics_views import MetricsFolder, build_metrics_router
 from .sources import SystemSource
 from .state import SystemState
 from .tenant_views import TenantBook
@@ -46,12 +48,14 @@ class AggregatorSettings(Settings):
 
 def create_app(settings: AggregatorSettings | None = None) -> AsgiFastStream:
     settings = settings or AggregatorSettings()
-    broker = make_broker(settings, service=SERVICE)
+    broker = make_broker(settings, service=SERVICE, message_log_level=logging.DEBUG)
     runtime = ServiceRuntime(SERVICE, settings, broker)
     expected = frozenset(s.strip() for s in settings.expected_services.split(",") if s.strip())
     tenants = TenantBook()
-    state = SystemState(expected_services=expected, contributors=[tenants])
+    folder = MetricsFolder(tenants)
+    state = SystemState(expected_services=expected, contributors=[tenants, folder])
     broker.include_router(build_router(Deps(state, DeadLetters(broker))))
+    broker.include_router(build_metrics_router(folder, DeadLetters(broker)))
     sources = (SystemSource(state), tenants)
     writer: dict[str, ViewWriter] = {}
 
