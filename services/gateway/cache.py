@@ -8,6 +8,7 @@ watch is re-opened if it errors or goes silent longer than ``stall_s`` (the aggr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -89,7 +90,5 @@ class ViewCache:
                 await asyncio.sleep(0.5)
             finally:
                 if watcher is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # the watch is being replaced anyway
                         await watcher.stop()
-                    except Exception:
-                        pass

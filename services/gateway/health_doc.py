@@ -26,7 +26,9 @@ def view_freshness(age_s: float | None) -> tuple[Status, str]:
     return Status.PASS, ""
 
 
-def health_document(view: SystemView | None, age_s: float | None, deployment: str) -> dict[str, Any]:
+def health_document(
+    view: SystemView | None, age_s: float | None, deployment: str
+) -> dict[str, Any]:
     fresh_status, fresh_note = view_freshness(age_s)
     checks: dict[str, list[dict[str, Any]]] = {}
     statuses = [fresh_status]

@@ -16,7 +16,8 @@ from fastapi import FastAPI
 
 from shared import VERSION, ServiceRuntime, Settings, make_broker
 
-from . import routes_probes
+from . import routes_probes, routes_status
+from .auth import AuthStore
 from .cache import ViewCache
 
 SERVICE = "gateway"
@@ -29,6 +30,7 @@ class Gateway:
     settings: Settings
     runtime: ServiceRuntime
     cache: ViewCache = field(default_factory=ViewCache)
+    auth: AuthStore = field(default_factory=lambda: AuthStore(None))
 
     def broker_connected(self) -> bool:
         return self.runtime.connected()
@@ -37,7 +39,9 @@ class Gateway:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     broker = make_broker(settings, service=SERVICE)
-    gateway = Gateway(settings, ServiceRuntime(SERVICE, settings, broker))
+    # A broken OPS_AUTH stops start-up here (ConfigError), not at the first request.
+    gateway = Gateway(settings, ServiceRuntime(SERVICE, settings, broker),
+                      auth=AuthStore(settings.auth_path))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,4 +62,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
     app.include_router(routes_probes.router)
+    app.include_router(routes_status.router)
     return app
