@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from shared import VERSION, ServiceRuntime, Settings, make_broker
 
-from . import routes_probes, routes_status
+from . import routes_metrics, routes_probes, routes_status
 from .auth import AuthStore
 from .cache import ViewCache
 
@@ -62,5 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
     app.include_router(routes_probes.router)
+    app.include_router(routes_metrics.router)
     app.include_router(routes_status.router)
     return app
