@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from prometheus_client import Counter
 
 from shared import Status, StatusChange, get_logger, subjects
 
@@ -31,6 +32,12 @@ log = get_logger(__name__)
 StatusMap = dict[tuple[str, str], tuple[Status, str]]
 PublishChange = Callable[[StatusChange, str], Awaitable[None]]
 MAX_ATTEMPTS = 5
+VIEW_WRITES = Counter("opsplane_view_writes_total", "Views written to KV ops_status.")
+VIEW_CONFLICTS = Counter(
+    "opsplane_view_conflicts_total",
+    "Compare-and-set writes refused because another aggregator replica wrote first.",
+)
+STATUS_CHANGES = Counter("opsplane_status_changes_total", "Status transitions published.")
 
 
 class KeyValueLike(Protocol):
@@ -98,12 +105,14 @@ class ViewWriter:
                 revision = await self._cas(key, view.to_bytes(), known.revision)
             except KeyWrongLastSequenceError:
                 self.conflicts += 1
+                VIEW_CONFLICTS.inc()
                 known = await self._load(source, key)
                 continue
             previous = known.statuses
             known = Known(revision, print_, source.statuses(view), time.monotonic())
             self._known[key] = known
             self.writes += 1
+            VIEW_WRITES.inc()
             await self._transitions(key, revision, previous, known.statuses, view)
             return
         log.warning("view.write_contended", key=key, attempts=MAX_ATTEMPTS)
@@ -154,6 +163,7 @@ class ViewWriter:
             try:
                 await self._publish(change, msg_id)
                 self.changes_published += 1
+                STATUS_CHANGES.inc()
             except Exception as exc:
                 log.warning("status.publish_failed", key=key, error=str(exc))
             log.info("status.changed", key=key, kind=kind, name=name,
