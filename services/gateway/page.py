@@ -81,9 +81,13 @@ function render(r) {
     ` · connections ${fmt(db.connections_pct, "%") || "?"}` +
     ` · app pool ${fmt(db.pool_pct, "%") || "n/a"} — ${db.output}`));
   fill("components", r.components, (row, c) => {
-    row.dataset.check = c.check; row.dataset.status = c.skipped ? "skipped" : c.status;
+    row.dataset.check = c.check; row.dataset.status = c.skipped ? "skipped" : c.reported;
+    row.dataset.effective = c.status;
     cell(row, `${c.component}:${c.measurement}` + (c.critical ? "" : " (non-critical)"));
-    cell(row, badge(c.status, c.skipped));
+    const shown = cell(row, badge(c.reported, c.skipped));
+    if (!c.skipped && c.status !== c.reported) {
+      shown.append(" counts as ", badge(c.status));
+    }
     cell(row, fmt(c.observed_value, c.observed_unit));
     cell(row, c.output, "out");
   }, "no checks reported yet");
