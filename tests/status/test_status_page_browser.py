@@ -10,14 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright, expect
 
 from services.gateway.auth import token_hash
 from tests.conftest import require_tool
 from tests.harness import Servers, services
 from tests.status.fakes import FakeMailgun
-
-pytest.importorskip("playwright")
-from playwright.async_api import Browser, async_playwright, expect  # noqa: E402
 
 ADMIN = "browser-admin-token"
 FAST = {"OPS_PROBE_INTERVAL": "0.5", "OPS_HEARTBEAT_INTERVAL": "0.5", "OPS_VIEW_REFRESH": "0.5"}
