@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,15 +151,28 @@ async def migrate(console: Console) -> int:
 async def streams_check(console: Console) -> int:
     """Compare the declared streams with the server's; exit 1 on drift or a missing stream."""
     settings = Settings()
+
+    async def quiet(_: Exception) -> None:  # the failure is reported below, once
+        pass
+
     try:
-        nc = await nats.connect(
-            settings.nats_servers,
-            connect_timeout=3,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
+        # nats-py never gives up on a server with max_reconnect_attempts=0: use 1, and a deadline.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                settings.nats_servers,
+                connect_timeout=3,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                error_cb=quiet,
+            ),
+            timeout=10,
         )
     except Exception as exc:
-        console.print(f"[bold red]cannot connect to NATS at {scrub(settings.nats_url)}:[/] {exc}")
+        reason = str(exc) or type(exc).__name__
+        console.print(
+            f"[bold red]cannot connect to NATS at {scrub(settings.nats_url)}:[/] {reason}"
+        )
         return 2
     try:
         report = await check_drift(nc.jetstream(), replicas=settings.js_replicas)

@@ -195,7 +195,28 @@ class PostgresServer(EmbeddedServer):
             group=owner[1] if owner else None,
         )
         wait_for_port(HOST, self.port, timeout_s=30, proc=self.proc)
+        self._wait_accepting(timeout_s=30)
         self._ensure_database()
+
+    def _wait_accepting(self, *, timeout_s: float) -> None:
+        """After a crash, postgres listens before crash recovery ends ("the database system is
+        starting up"): wait until it accepts connections (pg_isready exit 0)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = subprocess.run(
+                [str(self.bin_dir / "pg_isready"), "-h", HOST, "-p", str(self.port), "-t", "2"],
+                capture_output=True,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"postgres on {self.port} not accepting after {timeout_s}s")
+            time.sleep(0.05)
 
     def _ensure_database(self) -> None:
         psql = str(self.bin_dir / "psql")

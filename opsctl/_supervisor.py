@@ -47,13 +47,14 @@ class ServiceProcess:
     log_path: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    stop_timeout_s: float = 15.0  # then SIGKILL (uvicorn's graceful shutdown takes up to 10 s)
 
     def start(self) -> None:
         self.proc = spawn(self.args, env=self.env, log_path=self.log_path)
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop(self.proc, timeout_s=15)
+            stop(self.proc, timeout_s=self.stop_timeout_s)
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Supervisor:
             delay = min(self.policy.base_delay_s * 2 ** (recent - 1), self.policy.max_delay_s)
             self.report(
                 "warn",
-                f"{name} exited with code {code}; restarting in {delay:.1f} s "
+                f"{name} exited with code {code}; restarting in {delay:.2g} s "
                 f"(log: {entry.child.log_path})",
             )
         entry.due = now + delay

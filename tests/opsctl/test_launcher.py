@@ -1,0 +1,197 @@
+"""``opsctl up`` as a real subprocess with embedded servers: start, restart, stop, no orphan."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import asyncpg
+import boto3
+import httpx
+import nats
+import pytest
+import websockets
+
+from opsctl._launcher import available_services
+from shared import Settings
+from tests.harness import Servers
+from tests.opsctl.conftest import UpProcess, survivors
+
+ACTIVE_TIMERS_SQL = Settings.model_fields["active_timers_sql"].default
+SERVERS = ["nats", "postgres", "s3"]
+
+
+async def ws_ping(url: str) -> str:
+    async with websockets.connect(url, open_timeout=3) as ws:
+        await ws.send("ping")
+        return str(await asyncio.wait_for(ws.recv(), timeout=3))
+
+
+async def wait_ws(url: str, timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            assert await ws_ping(url) == "pong"
+            return
+        except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def bucket_exists(endpoint: str) -> bool:
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.head_bucket(Bucket="opsplane-backups")
+    return True
+
+
+def restarted(up: UpProcess, name: str, old_pid: int) -> bool:
+    component = up.component(name)
+    return (
+        component.get("state") == "running"
+        and component.get("restarts", 0) >= 1
+        and component.get("pid") not in (None, old_pid)
+    )
+
+
+async def test_up_starts_the_stack_and_sigterm_leaves_no_orphan(
+    launch_up: Callable[..., UpProcess],
+) -> None:
+    up = launch_up("--demo", "--services", "")
+    state = up.wait_running([*SERVERS, "demo-app"])
+    components = state["components"]
+
+    output = up.output()
+    for name in [*SERVERS, "demo-app", "Ctrl-C"]:
+        assert name in output
+    nc = await nats.connect(components["nats"]["url"], allow_reconnect=False)
+    await nc.flush(timeout=2)
+    await nc.close()
+    conn = await asyncpg.connect(components["postgres"]["url"])
+    try:
+        assert await conn.fetchval("SELECT max(version) FROM ops.schema_migrations") >= 1
+        tenants = {r["tenant_id"] for r in await conn.fetch(ACTIVE_TIMERS_SQL)}
+        assert {"acme", "globex", "initech", "umbrella", "hooli"} <= tenants
+    finally:
+        await conn.close()
+    assert bucket_exists(components["s3"]["url"])
+    await wait_ws(components["demo-app"]["url"])
+
+    # A second `up` on the same workdir is refused (it would share the Postgres data dir).
+    second = launch_up("--services", "", workdir=up.workdir)
+    assert second.wait_exit(20) == 1
+    assert "another `opsctl up`" in second.output()
+
+    children = up.descendants()
+    assert len(children) >= 4  # 3 servers + demo app, plus postgres's own processes
+    groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
+    up.signal(signal.SIGTERM)
+    assert up.wait_exit(30) == 0
+    assert survivors(children, groups) == []
+    assert up.state()["running"] is False
+    assert "stopping services, then servers" in up.output()
+
+
+async def test_killed_children_are_restarted(launch_up: Callable[..., UpProcess]) -> None:
+    up = launch_up("--demo", "--services", "")
+    state = up.wait_running([*SERVERS, "demo-app"])
+    components = state["components"]
+    await wait_ws(components["demo-app"]["url"])
+
+    for name in ("demo-app", "s3", "postgres"):
+        old_pid = components[name]["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+        up.wait(lambda n=name, p=old_pid: restarted(up, n, p), timeout_s=25, message=name)
+        # Same address as before: what the services were told keeps working.
+        assert up.component(name)["url"] == components[name]["url"]
+
+    await wait_ws(components["demo-app"]["url"])
+    assert bucket_exists(components["s3"]["url"])  # moto lost it; re-created after restart
+    conn = await asyncpg.connect(components["postgres"]["url"])
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM tenants") == 5  # data kept
+    finally:
+        await conn.close()
+    output = up.output()
+    assert "demo-app exited with code -9" in output
+    assert "s3 restarted" in output
+
+    children = up.descendants()
+    groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
+    up.signal(signal.SIGINT)
+    assert up.wait_exit(30) == 0
+    assert survivors(children, groups) == []
+
+
+async def test_up_uses_external_servers_when_configured(
+    launch_up: Callable[..., UpProcess], servers: Servers, fresh_database: str
+) -> None:
+    up = launch_up(
+        "--demo",
+        "--services",
+        "",
+        NATS_URL=servers.nats.url,
+        DATABASE_URL=fresh_database,
+        S3_ENDPOINT_URL=servers.s3.url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    state = up.wait_running(["demo-app"])
+    for name in SERVERS:
+        assert state["components"][name]["state"] == "external"
+        assert state["components"][name]["pid"] is None
+    # Only the demo app (and its own children, if any) run under this launcher.
+    commands = [" ".join(p.cmdline()) for p in up.descendants()]
+    assert commands
+    assert all("demo-app" in command for command in commands)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        assert len(await conn.fetch(ACTIVE_TIMERS_SQL)) == 5
+    finally:
+        await conn.close()
+    up.signal(signal.SIGTERM)
+    assert up.wait_exit(30) == 0
+
+
+@pytest.mark.e2e
+async def test_full_stack_answers_health_with_a_postgres_check(
+    launch_up: Callable[..., UpProcess],
+) -> None:
+    needed = {"health", "aggregator", "gateway"}
+    if not needed <= set(available_services()):
+        pytest.skip(f"services not written yet: {sorted(needed - set(available_services()))}")
+    up = launch_up("--demo")
+    state = up.wait(
+        lambda: up.state().get("health_ready_s"),
+        timeout_s=30,
+        message="/api/health with a postgres check",
+    )
+    assert isinstance(state, float)
+    gateway = up.state()["gateway_url"]
+    body = httpx.get(f"{gateway}/api/health", timeout=2).json()
+    assert any(key.startswith("postgres:") for key in body["checks"])
+    assert f"status page: {gateway}" in up.output()
+
+    status = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "opsctl", "status", "--workdir", str(up.workdir)],
+        stdout=asyncio.subprocess.PIPE,
+        env=up.env,
+    )
+    stdout, _ = await status.communicate()
+    assert status.returncode == 0, stdout.decode()
+    assert "postgres:responseTime" in stdout.decode()
+
+    children = up.descendants()
+    groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
+    up.signal(signal.SIGTERM)
+    assert up.wait_exit(30) == 0
+    assert survivors(children, groups) == []
