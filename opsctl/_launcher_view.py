@@ -99,7 +99,7 @@ class StackView:
             )
         else:
             self.console.print(
-                "[yellow]no gateway service (services/gateway/main.py missing): "
+                "[yellow]no gateway running (not selected, or not written yet): "
                 "no status page[/yellow]"
             )
         self.console.print(f"state: {self.workdir / 'state.json'}   Ctrl-C stops everything")

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from nats.aio.client import Client as NATS
@@ -66,7 +66,9 @@ class Simulator:
         self.settings = settings
         self.node = settings.instance
         self.nc = NATS()
-        self.publisher = BatchPublisher(self.nc)
+        # shared's NatsLike protocol is narrower than nats-py's publish() signature under mypy.
+        self._client: Any = cast(Any, self.nc)
+        self.publisher = BatchPublisher(self._client)
         self.traffic = TrafficModel(settings.demo_rate)
         self.pool: asyncpg.Pool | None = None
         self.ws_connections = 0
@@ -212,10 +214,12 @@ class Simulator:
         while True:
             if self.nc.is_connected:
                 try:
-                    await publish_ws_gauge(self.nc, node=self.node, connections=self.ws_connections)
+                    await publish_ws_gauge(
+                        self._client, node=self.node, connections=self.ws_connections
+                    )
                     if self.pool is not None:
                         await publish_pool_gauge(
-                            self.nc,
+                            self._client,
                             node=self.node,
                             in_use=_in_use(self.pool),
                             max_size=self.pool.get_max_size(),
@@ -246,4 +250,4 @@ class Simulator:
 
 
 def _in_use(pool: asyncpg.Pool) -> int:
-    return pool.get_size() - pool.get_idle_size()
+    return int(pool.get_size() - pool.get_idle_size())
