@@ -99,6 +99,11 @@ async def test_up_starts_the_stack_and_sigterm_leaves_no_orphan(
     assert survivors(children, groups) == []
     assert up.state()["running"] is False
     assert "stopping services, then servers" in up.output()
+    # Stopped by the launcher, cleanly: uvicorn's graceful shutdown, postgres's fast shutdown
+    # (SIGINT) rather than the SIGTERM that PR_SET_PDEATHSIG would have sent.
+    logs = up.workdir / "logs"
+    assert "Application shutdown complete" in (logs / "demo-app.log").read_text()
+    assert "received fast shutdown request" in (logs / "postgres.log").read_text()
 
 
 async def test_killed_children_are_restarted(launch_up: Callable[..., UpProcess]) -> None:
