@@ -19,6 +19,7 @@ from shared import VERSION, ServiceRuntime, Settings, make_broker
 from . import routes_metrics, routes_probes, routes_status
 from .auth import AuthStore
 from .cache import ViewCache
+from .fast_health import HealthFastPath, HealthRenderer
 
 SERVICE = "gateway"
 
@@ -31,6 +32,10 @@ class Gateway:
     runtime: ServiceRuntime
     cache: ViewCache = field(default_factory=ViewCache)
     auth: AuthStore = field(default_factory=lambda: AuthStore(None))
+    health: HealthRenderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.health = HealthRenderer(self.cache, self.settings.deployment)
 
     def broker_connected(self) -> bool:
         return self.runtime.connected()
@@ -64,4 +69,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_probes.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_status.router)
+    # /api/health answered before routing, from pre-rendered bytes (bench/gateway).
+    app.add_middleware(HealthFastPath, renderer=gateway.health)
     return app

@@ -9,10 +9,10 @@ import json
 
 from fastapi import APIRouter, Request, Response
 
-from .health_doc import MEDIA_TYPE, STALE_WARN_S, health_document, http_status
+from .fast_health import CACHE_CONTROL
+from .health_doc import MEDIA_TYPE, STALE_WARN_S
 
 router = APIRouter()
-CACHE_CONTROL = "max-age=1"
 
 
 @router.get(
@@ -21,14 +21,9 @@ CACHE_CONTROL = "max-age=1"
     summary="Health of the app and its dependencies (application/health+json)",
 )
 async def api_health(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    doc = health_document(gateway.cache.system, gateway.cache.age_s(), gateway.settings.deployment)
-    return Response(
-        json.dumps(doc),
-        status_code=http_status(doc),
-        media_type=MEDIA_TYPE,
-        headers={"Cache-Control": CACHE_CONTROL},
-    )
+    status, body = request.app.state.gateway.health.render()
+    return Response(body, status_code=status, media_type=MEDIA_TYPE,
+                    headers={"Cache-Control": CACHE_CONTROL})
 
 
 @router.get("/livez", summary="The gateway process is alive")
