@@ -10,17 +10,27 @@ import asyncio
 import itertools
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from websockets.sync.server import serve as ws_serve
 
 from opsctl._embedded import create_bucket
 from opsctl._procs import free_port, spawn, stop, wait_for_port
 from services.gateway.auth import token_hash
-from shared import HealthEvent, Status, StatusChange, SystemView, open_status_bucket
+from shared import (
+    HealthEvent,
+    Status,
+    StatusChange,
+    SystemView,
+    open_status_bucket,
+    publish_pool_gauge,
+    publish_ws_gauge,
+)
 from tests.harness import BUCKET, REPO, Servers, ServiceProcess, services, wait_until
 
 FAST = {"OPS_PROBE_INTERVAL": "0.5", "OPS_HEARTBEAT_INTERVAL": "0.5", "OPS_VIEW_REFRESH": "0.5"}
@@ -51,6 +61,31 @@ class MailgunProcess:
         if self.proc is not None:
             stop(self.proc, timeout_s=5)
             self.proc = None
+
+
+@pytest.fixture()
+def ws_url() -> Iterator[str]:
+    """A real WebSocket endpoint (echo), standing in for the app's."""
+
+    def echo(ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with ws_serve(echo, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws"
+        server.shutdown()
+    thread.join(timeout=5)
+
+
+async def publish_gauges(nats_url: str) -> None:
+    client = await nats.connect(nats_url)
+    await publish_pool_gauge(client, node="app-1", in_use=3, max_size=20)
+    await publish_pool_gauge(client, node="app-2", in_use=5, max_size=20)
+    await publish_ws_gauge(client, node="app-1", connections=42)
+    await client.flush()
+    await client.close()
 
 
 @pytest.fixture()
@@ -94,9 +129,9 @@ def until(gateway: ServiceProcess, want: tuple[int, str], checks: dict[str, str]
 
 
 def test_dependency_outages_through_real_processes(
-    private_servers: Servers, mailgun: MailgunProcess, logdir: Path, tmp_path: Path
+    private_servers: Servers, mailgun: MailgunProcess, ws_url: str, logdir: Path, tmp_path: Path
 ) -> None:
-    env = stack_env(private_servers, mailgun, tmp_path)
+    env = stack_env(private_servers, mailgun, tmp_path, WS_URL=ws_url)
     with services(["health", "aggregator", "gateway"], env, logdir) as procs:
         gateway = procs["gateway"]
         until(gateway, (200, "pass"), {"s3:responseTime": "pass", "mailgun:responseTime": "pass",
@@ -106,7 +141,23 @@ def test_dependency_outages_through_real_processes(
         assert {s["name"]: s["status"] for s in first["services"]} == {
             "aggregator": "pass", "gateway": "pass", "health": "pass"}
         skipped = {c["check"] for c in first["components"] if c["skipped"]}
-        assert {"websocket", "backups", "postgres_pool"} <= skipped
+        assert {"backups", "postgres_pool", "websocket_connections"} <= skipped
+        assert "websocket" not in skipped
+        # The app's gauges arrive over NATS: pool use and open connections become checks.
+        asyncio.run(publish_gauges(private_servers.nats.url))
+        def components() -> dict[str, dict[str, Any]]:
+            return {c["check"]: c for c in report(gateway)["components"]}
+
+        wait_until(lambda: not any(components()[c]["skipped"] for c in
+                                   ("postgres_pool", "websocket_connections")),
+                   timeout_s=10, message="gauge checks reported")
+        until(gateway, (200, "pass"), {"postgres:poolUtilization": "pass",
+                                       "websocket:connections": "pass",
+                                       "websocket:responseTime": "pass"}, "gauges pass")
+        shown = components()
+        assert shown["postgres_pool"]["observed_value"] == 20.0  # 8 of 40
+        assert shown["websocket_connections"]["observed_value"] == 42.0
+        assert report(gateway)["database"]["pool_pct"] == 20.0
 
         # S3 down: non-critical by default, so the system warns (200) and says why.
         private_servers.s3.stop()
