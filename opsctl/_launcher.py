@@ -284,4 +284,7 @@ def up(workdir: Path, *, demo: bool, services: list[str] | None) -> int:
     since_launch()  # pin the fallback clock as early as possible
     # The shared library logs through structlog; here only its warnings belong on the console.
     configure_logging("opsctl", level="WARNING", fmt="console")
-    return Launcher(workdir, demo=demo, services=services).run()
+    console = Console()
+    if not console.is_terminal:  # piped or logged: don't fold the table into 80 columns
+        console = Console(width=160)
+    return Launcher(workdir, demo=demo, services=services, console=console).run()
