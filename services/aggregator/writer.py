@@ -154,7 +154,7 @@ class ViewWriter:
             if previous is None and not before and kind != "system" and kind != "tenant":
                 continue  # a brand-new view: one event for the whole, not one per part
             change = StatusChange(
-                key=key, kind=kind, name=name,  # type: ignore[arg-type]
+                key=key, kind=kind, name=name,
                 previous=None if previous is None else previous[0], status=status,
                 output=output[:2048], revision=revision,
                 time=getattr(view, "generated_at", None) or datetime.now().astimezone(),

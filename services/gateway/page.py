@@ -17,7 +17,7 @@ _PAGE = """<!doctype html>
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{display:flex;gap:1rem;align-items:center;padding:.8rem 1.2rem;background:#1d2330;color:#fff}
 header h1{font-size:1.1rem;margin:0} #live{margin-left:auto;font-size:.85rem;opacity:.85}
-main{padding:1rem 1.2rem;display:grid;gap:1rem;
+main{padding:1rem 1.2rem;display:grid;gap:1rem;align-items:start;
 grid-template-columns:repeat(auto-fit,minmax(420px,1fr))}
 section{background:#fff;border-radius:6px;padding:.6rem .9rem;box-shadow:0 1px 2px #0002}
 h2{font-size:.95rem;margin:.2rem 0 .5rem} table{border-collapse:collapse;width:100%}
