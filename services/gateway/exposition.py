@@ -2,7 +2,7 @@
 
 Read at scrape time from the gateway's in-memory views (``ViewCache``), so a scrape never waits
 on NATS. Labels are bounded: partition, method (7 + OTHER), status class, check, service,
-alert rule, state, severity, window, quantile. Tenant ids are not labels unless
+alert rule, state, severity, window, percentile. Tenant ids are not labels unless
 ``OPS_METRICS_TOP_TENANTS=N`` asks for the N busiest tenants' gauges.
 """
 
@@ -44,7 +44,7 @@ WINDOWED = (
     ("error_ratio", "app_error_ratio", "5xx responses over all responses in the window.", 1.0),
     ("avg_ms", "app_request_duration_avg_seconds", "Average response time in the window.", 1e-3),
 )
-QUANTILES = (("p50_ms", "0.5"), ("p95_ms", "0.95"), ("p99_ms", "0.99"))
+PERCENTILES = (("p50_ms", "50"), ("p95_ms", "95"), ("p99_ms", "99"))
 
 
 def _gauge(name: str, help_: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -136,15 +136,16 @@ class ViewCollector:
                 if value is not None:
                     family.add_metric([window], value * scale)
             yield family
-        quantiles = _gauge("app_request_duration_quantile_seconds",
-                           "Response time quantiles over the window (sketch, within 5 %).",
-                           ["window", "quantile"])
-        for field, q in QUANTILES:
+        # Gauges, not a summary: windowed percentiles from the mergeable sketch (within 5 %).
+        percentiles = _gauge("app_request_duration_percentile_seconds",
+                             "Response time percentiles over the window (within 5 %).",
+                             ["window", "percentile"])
+        for field, percentile in PERCENTILES:
             for window in ("1m", "5m"):
                 value = metrics.get(f"{field}_{window}")
                 if value is not None:
-                    quantiles.add_metric([window, q], value / 1000.0)
-        yield quantiles
+                    percentiles.add_metric([window, percentile], value / 1000.0)
+        yield percentiles
 
     def _alerts(self, view: SystemView) -> Iterator[Metric]:
         counts: dict[tuple[str, str, str], int] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -38,13 +39,37 @@ SERVICE = "metrics"
 
 class MetricsSettings(Settings):
     interval_s: float = Field(default=5.0, gt=0, alias="OPS_METRICS_INTERVAL")
+    # Each tenant's snapshot (and its tenant alert rules) every this many seconds (>= interval).
+    tenant_interval_s: float | None = Field(default=15.0, gt=0, alias="OPS_METRICS_TENANT_INTERVAL")
     collect_interval_s: float = Field(default=15.0, gt=0, alias="OPS_METRICS_COLLECT_INTERVAL")
     partition: int | None = Field(default=None, ge=0, alias="OPS_METRICS_PARTITION")
     partitions: int = Field(default=1, ge=1, alias="OPS_METRICS_PARTITIONS")
     alertmanager_resend_s: float = Field(default=60.0, gt=0, alias="OPS_ALERTMANAGER_RESEND")
 
 
-def create_app(settings: MetricsSettings | None = None) -> AsgiFastStream:
+@dataclass
+class MetricsService:
+    """The wired service (``create_app`` serves it; benchmarks drive it directly)."""
+
+    settings: MetricsSettings
+    runtime: ServiceRuntime
+    store: MetricsStore
+    ingest: IngestHandler
+    reporter: Reporter
+    partitioning: Partitioning
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "records": self.store.records, "batches": self.ingest.batches,
+            "rejected": self.ingest.rejected, "late": self.store.late,
+            "tenants": len(self.store.tenants), "ticks": self.reporter.ticks,
+            "partition": self.partitioning.partition,
+            "partitions": self.partitioning.partitions,
+            "alerts_published": self.reporter.outbox.published,
+        }
+
+
+def build(settings: MetricsSettings | None = None) -> MetricsService:
     settings = settings if isinstance(settings, MetricsSettings) else MetricsSettings()
     partitioning = Partitioning(settings.partition, settings.partitions)
     broker = make_broker(settings, service=SERVICE, message_log_level=logging.DEBUG)
@@ -70,21 +95,22 @@ def create_app(settings: MetricsSettings | None = None) -> AsgiFastStream:
         store=store, engine=engine, outbox=AlertOutbox(broker.publish), collectors=collectors,
         app_gauges=app_gauges, partitioning=partitioning, instance=settings.instance,
         interval_s=settings.interval_s, publish=publish, notifier=notifier,
+        tenant_interval_s=settings.tenant_interval_s,
     )
     ingest = IngestHandler(store, dead_letters)
     broker.include_router(build_router(Deps(ingest, app_gauges, reporter, partitioning,
                                             dead_letters)))
     runtime.add_task("snapshots", reporter.run)
     runtime.add_task("collectors", lambda: collectors.run(settings.collect_interval_s))
+    return MetricsService(settings, runtime, store, ingest, reporter, partitioning)
+
+
+def create_app(settings: MetricsSettings | None = None) -> AsgiFastStream:
+    service = build(settings)
 
     @get(include_in_schema=False)
     async def stats(scope: Any) -> AsgiResponse:
-        body = {
-            "records": store.records, "batches": ingest.batches, "rejected": ingest.rejected,
-            "late": store.late, "tenants": len(store.tenants), "ticks": reporter.ticks,
-            "partition": partitioning.partition, "partitions": partitioning.partitions,
-            "alerts_published": reporter.outbox.published,
-        }
-        return AsgiResponse(json.dumps(body).encode(), 200, {"content-type": "application/json"})
+        body = json.dumps(service.stats()).encode()
+        return AsgiResponse(body, 200, {"content-type": "application/json"})
 
-    return runtime.asgi(extra_routes=[("/stats", stats)])
+    return service.runtime.asgi(extra_routes=[("/stats", stats)])

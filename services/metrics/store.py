@@ -1,9 +1,10 @@
 """The metrics store: a window per tenant, one for everything, and cumulative traffic counters.
 
 ``ingest`` is the hot path (hundreds of thousands of records a second on one core): it puts
-each record in its tenant's current 10 s bucket and accumulates the global bucket in locals,
-flushed once per batch. Records are bucketed by their own ``ts``: late ones go to their
-minute (or only the 6 h ring); future ones within the allowed skew count as now.
+each record in its 10 s bucket of its tenant's window and of the global one (each window caches
+the bucket it used last, so a record is a few attribute and dict updates). Records are
+bucketed by their own ``ts``: late ones go to their minute (or only the 6 h ring); future ones
+within the allowed skew count as now.
 
 Plausibility rules the pydantic model cannot express are enforced here and the offending
 records rejected (DLQ): ``ts`` more than 5 minutes ahead or more than a day old, a duration
@@ -18,7 +19,7 @@ from math import ceil, log10
 from shared import TrafficTotals, utcnow
 
 from .decode import Record
-from .sketch import MIN_BIN, MIN_MS, Sketch, cumulative_buckets, merge_into
+from .sketch import MIN_BIN, MIN_MS, cumulative_buckets
 from .window import FINE_S, FINES_PER_MINUTE, Bucket, Window
 
 MAX_FUTURE_S = 300.0
@@ -70,12 +71,9 @@ class MetricsStore:
         lo, hi = now - MAX_AGE_S, now + MAX_FUTURE_S
         tenants = self.tenants
         get_window = tenants.get
+        every = self.everything
         methods: dict[tuple[str, int], int] = {}
         count_of = methods.get
-        g_count = g_errors = 0
-        g_sum = 0.0
-        g_hist: Sketch = {}
-        g_get = g_hist.get
         bad: list[tuple[int, str, str]] = []
         for index, record in enumerate(records):
             raw_ts = record.ts
@@ -96,31 +94,32 @@ class MetricsStore:
             key = (record.method, status // 100)
             methods[key] = count_of(key, 0) + 1
             idx = int(ts // FINE_S)
+            if idx > now_idx:  # ahead of our clock (within the allowed skew): now
+                idx = now_idx
             tenant = record.tenant_id
-            if idx < now_idx:
+            # Each window caches the 10 s bucket it used last: nearly every record hits it.
+            bucket = every.cur if every.cur_idx == idx else every.fine(idx, now_idx)
+            if bucket is None:  # older than the 10 s buckets
                 self._add_old(tenant, idx, now_idx, duration, error, bin_)
                 continue
-            g_count += 1
-            g_errors += error
-            g_sum += duration
-            g_hist[bin_] = g_get(bin_, 0) + 1
-            if tenant is None:
-                continue
-            window = get_window(tenant)
-            if window is None:
-                window = tenants[tenant] = Window()
-            bucket = window.cur if window.cur_idx == now_idx else window.current(now_idx)
             bucket.count += 1
             bucket.errors += error
             bucket.sum_ms += duration
             hist = bucket.hist
             hist[bin_] = hist.get(bin_, 0) + 1
-        if g_count:
-            bucket = self.everything.current(now_idx)
-            bucket.count += g_count
-            bucket.errors += g_errors
-            bucket.sum_ms += g_sum
-            merge_into(bucket.hist, g_hist)
+            if tenant is None:
+                continue
+            window = get_window(tenant)
+            if window is None:
+                window = tenants[tenant] = Window()
+            bucket = window.cur if window.cur_idx == idx else window.fine(idx, now_idx)
+            if bucket is None:
+                continue  # cannot happen: the fine range is the same for every window
+            bucket.count += 1
+            bucket.errors += error
+            bucket.sum_ms += duration
+            hist = bucket.hist
+            hist[bin_] = hist.get(bin_, 0) + 1
         self.traffic.count_methods(methods)
         self.records += len(records) - len(bad)
         return bad

@@ -64,8 +64,7 @@ class Window:
             if idx // FINES_PER_MINUTE < _first_fine_minute(now_idx):
                 return None
             bucket = self.fines[idx] = Bucket()
-        if idx == now_idx:
-            self.cur_idx, self.cur = idx, bucket
+        self.cur_idx, self.cur = idx, bucket
         return bucket
 
     def current(self, now_idx: int) -> Bucket:
@@ -154,14 +153,24 @@ class Window:
 
     def long_counts(self, now_idx: int, minutes: int) -> tuple[int, int]:
         """(count, 5xx) over the last ``minutes`` minutes: the ring plus unrolled 10 s buckets."""
-        count = sum(b.count for b in self.fines.values())
-        errors = sum(b.errors for b in self.fines.values())
-        if self.ring_count is not None and self.ring_errors is not None:
-            now_minute = now_idx // FINES_PER_MINUTE
-            low = max(now_minute - minutes + 1, self.ring_head - RING_MINUTES + 1)
-            for minute in range(low, min(now_minute, self.ring_head) + 1):
-                count += self.ring_count[minute % RING_MINUTES]
-                errors += self.ring_errors[minute % RING_MINUTES]
+        count = errors = 0
+        for bucket in self.fines.values():
+            count += bucket.count
+            errors += bucket.errors
+        if self.ring_count is None or self.ring_errors is None:
+            return count, errors
+        now_minute = now_idx // FINES_PER_MINUTE
+        low = max(now_minute - minutes + 1, self.ring_head - RING_MINUTES + 1)
+        high = min(now_minute, self.ring_head)
+        if high < low:
+            return count, errors
+        start, end = low % RING_MINUTES, high % RING_MINUTES
+        # One slice, or two when the range wraps around the ring's end.
+        wraps = start > end
+        spans = ((start, RING_MINUTES), (0, end + 1)) if wraps else ((start, end + 1),)
+        for a, b in spans:
+            count += sum(self.ring_count[a:b])
+            errors += sum(self.ring_errors[a:b])
         return count, errors
 
     def idle(self, now_idx: int) -> bool:

@@ -66,5 +66,7 @@ class AlertOutbox:
             self._queue.popleft()
             self.published += 1
             ALERT_EVENTS.labels(state=event.state, severity=event.severity).inc()
-            log.info("alert." + event.state, rule=event.rule, scope=event.scope,
-                     value=event.value, threshold=event.threshold)
+            # Pending is common and often short-lived (10,000 tenants): debug; the rest info.
+            emit = log.debug if event.state == "pending" else log.info
+            emit("alert." + event.state, rule=event.rule, scope=event.scope,
+                 value=event.value, threshold=event.threshold)
