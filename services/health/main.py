@@ -27,7 +27,7 @@ from shared import (
 
 from .config import HealthSettings, probe_configs
 from .gauges import GaugeBook, PoolProbe, WsConnectionsProbe
-from .probe import Probe, ProbeConfig, ProbeResult, probe_loop, skipped
+from .probe import Probe, ProbeConfig, ProbeResult, failed, probe_loop, skipped
 from .probes.backups import BackupsProbe
 from .probes.mailgun import DEFAULT_API_BASE, MailgunProbe
 from .probes.nats import NatsProbe
@@ -39,15 +39,17 @@ SERVICE = "health"
 
 
 class NotConfigured:
-    """A check whose dependency is not configured: reported as ``skipped`` on every interval."""
+    """A check whose dependency is not configured: reported as ``skipped`` on every interval
+    (or as ``fail`` when the dependency is not optional, like the app's database)."""
 
-    def __init__(self, check: str, component: str, reason: str, config: ProbeConfig) -> None:
+    def __init__(self, check: str, component: str, reason: str, config: ProbeConfig,
+                 *, required: bool = False) -> None:
         self.check, self.component, self.config = check, component, config
         self.measurement, self.component_type = "responseTime", "component"
-        self._reason = reason
+        self._reason, self._required = reason, required
 
     async def run(self) -> ProbeResult:
-        return skipped(self._reason)
+        return failed(self._reason) if self._required else skipped(self._reason)
 
 
 class Disabled:
@@ -78,7 +80,7 @@ def build_probes(
         ]
     else:
         probes.append(NotConfigured("postgres", "postgres", "DATABASE_URL not set",
-                                    configs["postgres"]))
+                                    configs["postgres"], required=True))
     probes.append(PoolProbe(pools, configs["postgres_pool"]))
     probes.append(
         S3Probe(

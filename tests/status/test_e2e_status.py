@@ -271,3 +271,14 @@ async def race_two_replicas(nats_url: str) -> None:
     for before, after in itertools.pairwise(changes):
         assert after.previous == before.status, [(c.previous, c.status) for c in changes]
     assert len({c.revision for c in changes}) == len(changes)
+
+
+def test_a_broken_probes_file_stops_the_health_service(
+    servers: Servers, tmp_path: Path, logdir: Path
+) -> None:
+    probes = tmp_path / "probes.toml"
+    probes.write_text("[postgress]\ncritical = false\n")
+    proc = ServiceProcess("health", servers.env(OPS_PROBES=str(probes)), logdir).start(wait=None)
+    assert proc.proc is not None
+    assert proc.proc.wait(timeout=30) != 0
+    assert "unknown check [postgress]" in proc.log_tail(80)

@@ -177,3 +177,35 @@ async def test_gauge_subscribers_fold_good_messages_and_dead_letter_bad_ones() -
     assert len(letters) == 2
     assert [letter["origin"] for letter in letters] == ["pool", "ws"]
     assert "in_use" in str(letters[0]["reason"]) and letters[1]["body"] == "not json"
+
+
+# ---- which probes the service builds ---------------------------------------------------------
+
+
+async def probes_for(tmp_path: Path, **env: str) -> dict[str, ProbeResult]:
+    """Run the built probes that do no I/O in this set-up (nothing configured)."""
+    from services.health.main import build_probes
+
+    values: dict[str, object] = {"DATABASE_URL": None, "MAILGUN_API_KEY": None, "WS_URL": None,
+                                 "MAILGUN_DOMAIN": None, **env}
+    built = build_probes(HealthSettings(**values), None, GaugeBook(), GaugeBook())  # type: ignore[arg-type]
+    quiet = {"postgres", "mailgun", "websocket"}
+    return {probe.check: await probe.run() for probe in built
+            if probe.check in quiet or not probe.config.enabled}
+
+
+async def test_unconfigured_optional_checks_skip_and_a_missing_database_fails(
+    tmp_path: Path,
+) -> None:
+    results = await probes_for(tmp_path)
+    assert results["postgres"].status is Status.FAIL
+    assert results["postgres"].output == "DATABASE_URL not set"
+    for name in ("mailgun", "websocket"):
+        assert results[name].skipped and results[name].status is Status.PASS
+
+
+async def test_a_disabled_check_keeps_reporting_as_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "probes.toml"
+    path.write_text("[s3]\nenabled = false\n")
+    results = await probes_for(tmp_path, OPS_PROBES=str(path))
+    assert results["s3"].skipped and results["s3"].output == "skipped: disabled in OPS_PROBES"
