@@ -138,6 +138,9 @@ def test_public_health_has_no_internals(gateway: ServiceProcess) -> None:
         assert secret not in body
     assert set(response.json()["checks"]) == {
         "postgres:responseTime", "s3:responseTime", "opsplane:statusAge"}
+    head = httpx.head(gateway.base_url + "/api/health", timeout=5)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(response.content)
 
 
 def test_auth_file_is_reloaded_when_it_changes(gateway: ServiceProcess, auth_file: Path) -> None:
