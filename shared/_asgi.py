@@ -87,13 +87,19 @@ class RequestMetricsMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        context = {"request_id": request_id, **({"tenant_id": tenant} if tenant else {})}
-        with structlog.contextvars.bound_contextvars(**context):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                bound = structlog.contextvars.get_contextvars().get("tenant_id")
-                self._record(scope, status, started, request_id, tenant, bound)
+        # What the app binds while serving stays with this request: restored afterwards even
+        # when the server runs requests in one task (test clients do).
+        saved = structlog.contextvars.get_contextvars()
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, **({"tenant_id": tenant} if tenant else {})
+        )
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            bound = structlog.contextvars.get_contextvars().get("tenant_id")
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(**saved)
+            self._record(scope, status, started, request_id, tenant, bound)
 
     def _from_headers(self, scope: Scope) -> tuple[str, str | None]:
         request_id: str | None = None

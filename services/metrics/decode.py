@@ -3,7 +3,9 @@
 ``shared.RequestRecord`` (pydantic) is the contract; ``Record`` mirrors it as a msgspec struct
 (about 3x faster, and the hot path of the service): unknown fields rejected, ``schema`` 1 only,
 ``ts`` RFC 3339 with an offset or epoch seconds, ``tenant_id`` an identifier, ``status``
-100-599, ``duration_ms`` >= 0. ``tests/metrics/test_decode.py`` checks both agree.
+100-599, ``duration_ms`` >= 0. ``tests/metrics/test_decode.py`` checks both agree. Where
+pydantic's lax mode would coerce (``"200"`` or ``200.0`` as a status, numbers in strings), this
+decoder is strict and rejects: it never accepts what the contract rejects.
 
 A batch is a JSON array (or one object). The whole batch decodes in one call; only when that
 fails is it taken apart record by record, so good records of a batch are kept and only the bad
@@ -37,8 +39,8 @@ class Record(Struct, forbid_unknown_fields=True):
     schema: Literal[1] = 1
 
 
-_batch = msgspec.json.Decoder(list[Record] | Record, strict=False)
-_one = msgspec.json.Decoder(Record, strict=False)
+_batch = msgspec.json.Decoder(list[Record] | Record)
+_one = msgspec.json.Decoder(Record)
 _raw_items = msgspec.json.Decoder(list[msgspec.Raw])
 
 

@@ -22,7 +22,6 @@ from faststream.nats.message import NatsMessage
 
 from shared import DeadLetters, MetricSnapshot, PoolGauge, WsGauge, subjects
 
-from .gauges import AppGauges
 from .ingest import IngestHandler
 from .partition import Partitioning
 from .reporter import Reporter
@@ -35,8 +34,7 @@ PENDING_BYTES = 512 * 1024 * 1024
 @dataclass
 class Deps:
     ingest: IngestHandler
-    app_gauges: AppGauges
-    reporter: Reporter
+    reporter: Reporter  # its ``app_gauges`` take the app's gauges
     partitioning: Partitioning
     dead_letters: DeadLetters
 
@@ -65,7 +63,7 @@ def build_router(deps: Deps) -> NatsRouter:
             PoolGauge, "pool", msg.raw_message.subject, msg.body, msg.headers
         )
         if gauge is not None:
-            deps.app_gauges.apply_pool(gauge)
+            deps.reporter.app_gauges.apply_pool(gauge)
 
     @router.subscriber(subjects.INGEST_WS, decoder=as_body)
     async def on_ws(msg: Any) -> None:
@@ -73,7 +71,7 @@ def build_router(deps: Deps) -> NatsRouter:
             WsGauge, "ws", msg.raw_message.subject, msg.body, msg.headers
         )
         if gauge is not None:
-            deps.app_gauges.apply_ws(gauge)
+            deps.reporter.app_gauges.apply_ws(gauge)
 
     if deps.partitioning.partitioned:
 

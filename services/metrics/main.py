@@ -98,8 +98,7 @@ def build(settings: MetricsSettings | None = None) -> MetricsService:
         tenant_interval_s=settings.tenant_interval_s,
     )
     ingest = IngestHandler(store, dead_letters)
-    broker.include_router(build_router(Deps(ingest, app_gauges, reporter, partitioning,
-                                            dead_letters)))
+    broker.include_router(build_router(Deps(ingest, reporter, partitioning, dead_letters)))
     runtime.add_task("snapshots", reporter.run)
     runtime.add_task("collectors", lambda: collectors.run(settings.collect_interval_s))
     return MetricsService(settings, runtime, store, ingest, reporter, partitioning)
