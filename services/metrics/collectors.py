@@ -9,12 +9,14 @@ tenants it owns, and only the owner of ``global`` runs the server-wide queries.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
 from shared import DRIVER_ERRORS, DatabaseError, connect, describe, get_logger
 
 log = get_logger(__name__)
+_TENANT = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _FAILURES: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, DatabaseError)
 
 SERVER_SQL = (
@@ -88,7 +90,8 @@ class Collectors:
         timers: dict[str, int] = {}
         for row in rows:
             tenant, count = row[0], row[1]
-            if tenant is not None and self._owns(str(tenant)):
+            # Only ids that can be a subject token (as ingest requires); others are not ours.
+            if tenant is not None and _TENANT.match(str(tenant)) and self._owns(str(tenant)):
                 timers[str(tenant)] = int(count)
         self.timers = timers
         self.gauges["active_timers"] = float(sum(timers.values()))

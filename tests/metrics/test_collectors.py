@@ -33,7 +33,7 @@ async def _create(conn: asyncpg.Connection, schema: str) -> None:
     await conn.executemany(
         f"INSERT INTO {schema}.time_entries (tenant_id, ended_at) VALUES ($1, $2)",
         [("acme", None), ("acme", None), ("globex", None),
-         ("globex", datetime(2027, 1, 1, tzinfo=UTC)), (None, None)]
+         ("globex", datetime(2027, 1, 1, tzinfo=UTC)), (None, None), ("not a.token", None)]
         + [(f"t{i}", None) for i in range(20)],
     )
 
@@ -54,7 +54,8 @@ async def test_server_gauges_and_active_timers(database_url: str, timers_table: 
     assert ratio is not None and 0 < ratio < 1
     assert gauges["db_size_bytes"] is not None and gauges["db_size_bytes"] > 1_000_000
     assert collectors.timers["acme"] == 2 and collectors.timers["globex"] == 1
-    assert None not in collectors.timers and gauges["active_timers"] == 23
+    assert None not in collectors.timers and "not a.token" not in collectors.timers
+    assert gauges["active_timers"] == 23
     assert not collectors.errors
 
 

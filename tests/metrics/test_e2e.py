@@ -72,6 +72,7 @@ def traffic(tenant: str, count: int, *, duration: float, error_every: int = 0
             for i in range(count)]
 
 
+@pytest.mark.e2e
 def test_metrics_views_alerts_and_prometheus(
     servers: Servers, logdir: Path, fast_rules: Path, alertmanager: Alertmanager
 ) -> None:
@@ -85,19 +86,34 @@ def test_metrics_views_alerts_and_prometheus(
         OPS_ACTIVE_TIMERS_SQL=f"SELECT tenant_id, count(*) FROM {schema}.time_entries "
                               "WHERE ended_at IS NULL GROUP BY tenant_id",
     )
-    with services(["metrics", "aggregator", "gateway"], env, logdir) as procs:
-        asyncio.run(scenario(servers.nats.url, procs, alertmanager, slow, calm, flaky))
-        body = procs["gateway"].get("/metrics").text
-        check = subprocess.run([promtool, "check", "metrics"], input=body.encode(),
-                               capture_output=True, timeout=30, check=False)
-        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
-        assert 'opsplane_app_http_requests_total{code="5xx",method="POST",partition="0"}' in body
-        assert 'opsplane_app_http_request_duration_seconds_bucket{le="+Inf",partition="0"}' in body
-        assert "opsplane_db_connections_ratio" in body and "opsplane_active_timers" in body
-        assert 'opsplane_tenant_request_rate{tenant="' in body  # opted in: top 2
-        assert 'opsplane_service_instances_alive{service="metrics"} 1.0' in body
-        metrics_own = procs["metrics"].get("/metrics").text
-        assert 'opsplane_metrics_records_rejected_total{kind="invalid"}' in metrics_own
+    try:
+        with services(["metrics", "aggregator", "gateway"], env, logdir) as procs:
+            asyncio.run(scenario(servers.nats.url, procs, alertmanager, slow, calm, flaky))
+            exposition_checks(procs, promtool)
+    finally:
+        asyncio.run(drop_schema(servers.database_url, schema))
+
+
+async def drop_schema(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+def exposition_checks(procs: dict[str, ServiceProcess], promtool: str) -> None:
+    body = procs["gateway"].get("/metrics").text
+    check = subprocess.run([promtool, "check", "metrics"], input=body.encode(),
+                           capture_output=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    assert 'opsplane_app_http_requests_total{code="5xx",method="POST",partition="0"}' in body
+    assert 'opsplane_app_http_request_duration_seconds_bucket{le="+Inf",partition="0"}' in body
+    assert "opsplane_db_connections_ratio" in body and "opsplane_active_timers" in body
+    assert 'opsplane_tenant_request_rate{tenant="' in body  # opted in: top 2
+    assert 'opsplane_service_instances_alive{service="metrics"} 1.0' in body
+    metrics_own = procs["metrics"].get("/metrics").text
+    assert 'opsplane_metrics_records_rejected_total{kind="invalid"}' in metrics_own
 
 
 async def scenario(url: str, procs: dict[str, ServiceProcess], am: Alertmanager, slow: str,
