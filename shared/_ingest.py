@@ -29,7 +29,13 @@ class NatsLike(Protocol):
     @property
     def is_connected(self) -> bool: ...
 
-    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> None: ...
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None: ...
 
 
 class BatchPublisher:

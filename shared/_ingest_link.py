@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 from nats.aio.client import Client
 
@@ -53,10 +52,16 @@ class IngestLink:
     def is_connected(self) -> bool:
         return self._client is not None and self._client.is_connected
 
-    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> None:
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if self._client is None:
             raise ConnectionError("not connected to NATS yet")
-        await self._client.publish(subject, payload, **kwargs)
+        await self._client.publish(subject, payload, reply=reply, headers=headers)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

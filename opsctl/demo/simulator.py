@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
@@ -66,9 +66,7 @@ class Simulator:
         self.settings = settings
         self.node = settings.instance
         self.nc = NATS()
-        # shared's NatsLike protocol is narrower than nats-py's publish() signature under mypy.
-        self._client: Any = cast(Any, self.nc)
-        self.publisher = BatchPublisher(self._client)
+        self.publisher = BatchPublisher(self.nc)
         self.traffic = TrafficModel(settings.demo_rate)
         self.pool: asyncpg.Pool | None = None
         self.ws_connections = 0
@@ -215,11 +213,11 @@ class Simulator:
             if self.nc.is_connected:
                 try:
                     await publish_ws_gauge(
-                        self._client, node=self.node, connections=self.ws_connections
+                        self.nc, node=self.node, connections=self.ws_connections
                     )
                     if self.pool is not None:
                         await publish_pool_gauge(
-                            self._client,
+                            self.nc,
                             node=self.node,
                             in_use=_in_use(self.pool),
                             max_size=self.pool.get_max_size(),
