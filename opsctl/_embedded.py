@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def _venv_bin(name: str) -> str | None:
 
 
 @dataclass
-class EmbeddedServer:
+class EmbeddedServer(ABC):
+    """A real server run as our child process, restartable on the same port and data."""
+
     workdir: Path
     name: str = ""
     port: int = 0
@@ -43,8 +46,9 @@ class EmbeddedServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError  # each server knows how it starts
+        """Start the server and return once it accepts connections."""
 
     def stop(self) -> None:
         if self.proc is not None:
