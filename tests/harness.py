@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -57,6 +58,20 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout_s}s waiting for {message} (last error: {last_error!r})"
     )
+
+
+async def eventually(
+    predicate: Callable[[], Any], *, timeout_s: float, message: str = "condition"
+) -> Any:
+    """``wait_until`` for async tests: polls without blocking the event loop."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        await asyncio.sleep(0.01)
 
 
 @dataclass

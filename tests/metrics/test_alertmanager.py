@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +33,9 @@ def ours(am: Alertmanager, name: str) -> list[dict[str, Any]]:
 async def test_firing_is_sent_resent_and_resolved(alertmanager: Alertmanager) -> None:
     name = f"slow_{uuid.uuid4().hex[:6]}"
     engine = AlertEngine(parse_rules(RULE.format(name=name)))
-    notifier = AlertmanagerNotifier(alertmanager.url, deployment="test", resend_s=0.3)
+    clock = [1000.0]
+    notifier = AlertmanagerNotifier(alertmanager.url, deployment="test", resend_s=30,
+                                    clock=lambda: clock[0])
     now = datetime.now(UTC)
     engine.evaluate("tenant.acme", {"avg_ms_1m": 900.0}, now)
     await notifier.notify(engine.firing(), [], now)
@@ -47,7 +48,7 @@ async def test_firing_is_sent_resent_and_resolved(alertmanager: Alertmanager) ->
     sent = notifier.sent
     await notifier.notify(engine.firing(), [], now)  # not due yet: nothing sent
     assert notifier.sent == sent
-    await asyncio.sleep(0.35)  # the re-send period has to pass
+    clock[0] += 30  # the re-send period passes
     await notifier.notify(engine.firing(), [], now + timedelta(seconds=5))  # re-sent
     assert notifier.sent == sent + 1
     wait_until(lambda: ours(alertmanager, name)[0]["endsAt"] > first_end, timeout_s=10,

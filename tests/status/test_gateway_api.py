@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -140,7 +139,9 @@ def test_public_health_has_no_internals(gateway: ServiceProcess) -> None:
         "postgres:responseTime", "s3:responseTime", "opsplane:statusAge"}
     head = httpx.head(gateway.base_url + "/api/health", timeout=5)
     assert head.status_code == 200 and head.content == b""
-    assert int(head.headers["content-length"]) == len(response.content)
+    # The body carries the view's age, so its length may differ by a digit from the GET's.
+    assert abs(int(head.headers["content-length"]) - len(response.content)) <= 8
+    assert head.headers["content-type"] == response.headers["content-type"]
 
 
 def test_auth_file_is_reloaded_when_it_changes(gateway: ServiceProcess, auth_file: Path) -> None:
@@ -150,8 +151,14 @@ def test_auth_file_is_reloaded_when_it_changes(gateway: ServiceProcess, auth_fil
         wait_until(lambda: gateway.get("/super-admin/status", headers=bearer("rotated-token"))
                    .status_code == 200, timeout_s=6, message="the new token accepted")
         auth_file.write_text("this is [not toml")  # a broken file keeps the previous tokens
-        time.sleep(2.2)  # the reload check runs at most every 2 s: let one pass
-        assert gateway.get("/super-admin/status", headers=bearer(ADMIN)).status_code == 200
+        # Reloads are checked on requests: keep asking until the broken file was read and refused,
+        # and the previous tokens must keep working throughout.
+        def refused_and_still_served() -> bool:
+            assert gateway.get("/super-admin/status", headers=bearer(ADMIN)).status_code == 200
+            return "auth.reload_failed" in gateway.log_path.read_text()
+
+        wait_until(refused_and_still_served, timeout_s=6, interval_s=0.2,
+                   message="the broken file read and refused")
     finally:
         auth_file.write_text(original)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import timedelta
 
@@ -21,7 +20,7 @@ from shared import (
     open_status_bucket,
     utcnow,
 )
-from tests.harness import Servers
+from tests.harness import Servers, eventually
 
 
 def event(check: str, status: Status, at_s: float, *, critical: bool = True) -> HealthEvent:
@@ -83,7 +82,8 @@ async def test_two_writers_never_take_back_each_others_news(fresh_views: Servers
     assert view.checks["postgres"].reported is Status.FAIL
 
     await client.flush()
-    await asyncio.sleep(0.05)  # let the subscription callback drain what was flushed
+    await eventually(lambda: len([c for c in changes if c.kind == "system"]) >= 3, timeout_s=5,
+                     message="three system transitions")
     system = [(c.previous, c.status) for c in changes if c.kind == "system"]
     assert system == [(None, Status.PASS), (Status.PASS, Status.WARN), (Status.WARN, Status.FAIL)]
     checks = [(c.name, c.previous, c.status) for c in changes if c.kind == "check"]

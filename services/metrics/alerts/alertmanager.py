@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,10 +32,12 @@ NOTIFICATIONS = Counter(
 class AlertmanagerNotifier:
     def __init__(self, base_url: str, *, deployment: str, resend_s: float = 60.0,
                  timeout_s: float = 5.0, max_resolved: int = 10_000,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.url = base_url.rstrip("/") + "/api/v2/alerts"
         self._deployment = deployment
         self._resend_s = resend_s
+        self._clock = clock  # monotonic seconds; injectable so tests need not wait out resend_s
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self._last_sent: dict[tuple[str, str], float] = {}
         self._resolved: deque[Instance] = deque(maxlen=max_resolved)
@@ -67,7 +69,7 @@ class AlertmanagerNotifier:
                      now: datetime) -> None:
         """Send what is due: new or re-send-due firing alerts, and every resolved one."""
         self._resolved.extend(resolved)
-        clock = time.monotonic()
+        clock = self._clock()
         firing = list(firing)
         live = {(i.rule.name, i.scope) for i in firing}
         for key in [k for k in self._last_sent if k not in live]:
