@@ -134,6 +134,22 @@ def survivors(processes: list[psutil.Process], groups: set[int]) -> list[str]:
     return sorted(set(alive))
 
 
+def assert_no_survivors(
+    processes: list[psutil.Process], groups: set[int], timeout_s: float = 3.0
+) -> None:
+    """Every process is gone; a SIGKILL is delivered asynchronously, so allow it a moment."""
+    left: list[str] = []
+
+    def none_left() -> bool:
+        left[:] = survivors(processes, groups)
+        return not left
+
+    try:
+        wait_until(none_left, timeout_s=timeout_s, interval_s=0.05, message="no survivors")
+    except AssertionError:
+        raise AssertionError(f"processes survived the stop: {left}") from None
+
+
 @pytest.fixture()
 async def fresh_database(database_url: str) -> AsyncIterator[str]:
     """A new, empty database on the session's PostgreSQL (demo tables never leak to others)."""

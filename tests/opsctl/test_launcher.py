@@ -18,7 +18,7 @@ import websockets
 from opsctl._launcher import available_services
 from shared import Settings
 from tests.harness import Servers
-from tests.opsctl.conftest import UpProcess, survivors
+from tests.opsctl.conftest import UpProcess, assert_no_survivors
 
 ACTIVE_TIMERS_SQL = Settings.model_fields["active_timers_sql"].default
 SERVERS = ["nats", "postgres", "s3"]
@@ -96,7 +96,7 @@ async def test_up_starts_the_stack_and_sigterm_leaves_no_orphan(
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
     up.signal(signal.SIGTERM)
     assert up.wait_exit(30) == 0
-    assert survivors(children, groups) == []
+    assert_no_survivors(children, groups)
     assert up.state()["running"] is False
     assert "stopping services, then servers" in up.output()
     # Stopped by the launcher, cleanly: uvicorn's graceful shutdown, postgres's fast shutdown
@@ -134,7 +134,7 @@ async def test_killed_children_are_restarted(launch_up: Callable[..., UpProcess]
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
     up.signal(signal.SIGINT)
     assert up.wait_exit(30) == 0
-    assert survivors(children, groups) == []
+    assert_no_survivors(children, groups)
 
 
 async def test_up_uses_external_servers_when_configured(
@@ -199,4 +199,4 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
     up.signal(signal.SIGTERM)
     assert up.wait_exit(30) == 0
-    assert survivors(children, groups) == []
+    assert_no_survivors(children, groups)

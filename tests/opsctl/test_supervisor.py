@@ -12,7 +12,7 @@ import psutil
 
 from opsctl._supervisor import Policy, ServiceProcess, Supervisor
 from tests.harness import wait_until
-from tests.opsctl.conftest import survivors
+from tests.opsctl.conftest import assert_no_survivors
 
 FAST = Policy(
     base_delay_s=0.05, max_delay_s=0.2, loop_window_s=30, loop_threshold=3, loop_delay_s=30
@@ -127,4 +127,4 @@ def test_stop_all_stops_services_before_servers_and_whole_groups(tmp_path: Path)
 
     sup.stop_all()
     assert order == ["svc", "server"]
-    assert survivors(tree, groups) == []
+    assert_no_survivors(tree, groups)
