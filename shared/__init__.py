@@ -19,6 +19,7 @@ from ._errors import (
     OpsplaneError,
     StorageError,
 )
+from ._inbound import InboundMessage, raw_message, subscribe_raw
 from ._ingest import BatchPublisher, publish_pool_gauge, publish_ws_gauge, request_record
 from ._ingest_link import IngestLink
 from ._jetstream import (
@@ -105,6 +106,7 @@ __all__ = [
     "DriftError",
     "HealthEvent",
     "Heartbeat",
+    "InboundMessage",
     "IngestLink",
     "InstanceView",
     "JobEvent",
@@ -146,11 +148,13 @@ __all__ = [
     "open_status_bucket",
     "publish_pool_gauge",
     "publish_ws_gauge",
+    "raw_message",
     "reason_of",
     "request_record",
     "round_trip",
     "scrub",
     "subjects",
+    "subscribe_raw",
     "tenant_key",
     "utcnow",
 ]

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
+from ._inbound import InboundMessage
 from ._logging import get_logger
 from ._models import DeadLetter
 from ._subjects import dlq
@@ -77,6 +78,11 @@ class DeadLetters:
             log.error("dlq.publish_failed", origin=origin, error=str(exc))
             if self._on_error:
                 self._on_error(exc)
+
+    async def decode_message(self, model: type[M], origin: str, msg: InboundMessage) -> M | None:
+        """``decode`` for a message received through ``subscribe_raw``."""
+        headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+        return await self.decode(model, origin, msg.raw_message.subject, msg.body, headers)
 
     async def decode(
         self,

@@ -43,7 +43,7 @@ from pydantic import TypeAdapter
 
 from opsctl._embedded import NatsServer
 from services.metrics.decode import Record
-from services.metrics.handlers import as_body
+from shared import raw_message
 from services.metrics.main import MetricsSettings, build
 from services.metrics.stats import window_stats
 from shared import MetricSnapshot, RequestRecord, Settings, make_broker, subjects
@@ -102,13 +102,13 @@ async def start_pydantic(url: str, on_batch: Callable[[], Awaitable[None]]) -> C
 
 
 async def start_ceiling(url: str, on_batch: Callable[[], Awaitable[None]]) -> Callable[[], Any]:
-    """The fastest FastStream + pydantic path: raw bytes in (the same ``as_body`` decoder as
+    """The fastest FastStream + pydantic path: raw bytes in (the same ``raw_message`` decoder as
     the metrics service), ``TypeAdapter.validate_json`` and nothing else."""
     broker = make_broker(Settings(NATS_URL=url), service="bench-ceiling",
                          message_log_level=logging.DEBUG)
     adapter = TypeAdapter(list[RequestRecord])
 
-    @broker.subscriber(subjects.INGEST_REQUESTS, pending_msgs_limit=100_000, decoder=as_body,
+    @broker.subscriber(subjects.INGEST_REQUESTS, pending_msgs_limit=100_000, decoder=raw_message,
                        pending_bytes_limit=512 * 1024 * 1024)
     async def handle(msg: Any) -> None:
         adapter.validate_json(msg.body)

@@ -13,16 +13,17 @@ import functools
 
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsRouter
-from faststream.nats.annotations import NatsMessage
 
 from shared import (
     DeadLetters,
     HealthEvent,
+    InboundMessage,
     PoolGauge,
     ServiceRuntime,
     WsGauge,
     make_broker,
     subjects,
+    subscribe_raw,
 )
 
 from .config import HealthSettings, probe_configs
@@ -119,19 +120,15 @@ def gauge_router(
 ) -> NatsRouter:
     router = NatsRouter()
 
-    @router.subscriber(subjects.INGEST_POOL)
-    async def on_pool(msg: NatsMessage) -> None:
-        gauge = await dead_letters.decode(
-            PoolGauge, "pool", msg.raw_message.subject, msg.body, msg.headers
-        )
+    @subscribe_raw(router, subjects.INGEST_POOL)
+    async def on_pool(msg: InboundMessage) -> None:
+        gauge = await dead_letters.decode_message(PoolGauge, "pool", msg)
         if gauge is not None:
             pools.apply(gauge)
 
-    @router.subscriber(subjects.INGEST_WS)
-    async def on_ws(msg: NatsMessage) -> None:
-        gauge = await dead_letters.decode(
-            WsGauge, "ws", msg.raw_message.subject, msg.body, msg.headers
-        )
+    @subscribe_raw(router, subjects.INGEST_WS)
+    async def on_ws(msg: InboundMessage) -> None:
+        gauge = await dead_letters.decode_message(WsGauge, "ws", msg)
         if gauge is not None:
             sockets.apply(gauge)
 
