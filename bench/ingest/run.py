@@ -43,10 +43,9 @@ from pydantic import TypeAdapter
 
 from opsctl._embedded import NatsServer
 from services.metrics.decode import Record
-from shared import raw_message
 from services.metrics.main import MetricsSettings, build
 from services.metrics.stats import window_stats
-from shared import MetricSnapshot, RequestRecord, Settings, make_broker, subjects
+from shared import MetricSnapshot, RequestRecord, Settings, make_broker, raw_message, subjects
 
 from .records import tenant_name
 
