@@ -47,6 +47,21 @@ class GaugeBook(Generic[G]):
         return 0.0 if self.last_received is None else at - self.last_received
 
 
+def current_gauges(
+    book: GaugeBook[G], config: ProbeConfig, what: str, subject: str
+) -> list[G] | ProbeResult:
+    """The fresh gauges of ``book``, or the result to report when there are none."""
+    if not book.ever_seen:
+        return skipped(f"the app publishes no {what} on {subject}")
+    gauges = book.fresh(fresh_window(config))
+    if not gauges:
+        return ProbeResult(
+            status=Status.WARN,
+            output=f"no {what} from any app node for {book.silent_for():.0f} s",
+        )
+    return gauges
+
+
 def fresh_window(config: ProbeConfig) -> float:
     """How long a node's last report counts (3 probe intervals, at least 15 s)."""
     return max(15.0, 3 * config.interval_s)
@@ -64,14 +79,9 @@ class PoolProbe:
     component_type: str = "datastore"
 
     async def run(self) -> ProbeResult:
-        if not self.book.ever_seen:
-            return skipped("the app publishes no pool gauge on ops.ingest.pool")
-        gauges = self.book.fresh(fresh_window(self.config))
-        if not gauges:
-            return ProbeResult(
-                status=Status.WARN,
-                output=f"no pool gauge from any app node for {self.book.silent_for():.0f} s",
-            )
+        gauges = current_gauges(self.book, self.config, "pool gauge", "ops.ingest.pool")
+        if isinstance(gauges, ProbeResult):
+            return gauges
         in_use, size = sum(g.in_use for g in gauges), sum(g.max for g in gauges)
         ratio = 100.0 * in_use / size
         return ProbeResult(
@@ -94,14 +104,9 @@ class WsConnectionsProbe:
     component_type: str = "component"
 
     async def run(self) -> ProbeResult:
-        if not self.book.ever_seen:
-            return skipped("the app publishes no connection gauge on ops.ingest.ws")
-        gauges = self.book.fresh(fresh_window(self.config))
-        if not gauges:
-            return ProbeResult(
-                status=Status.WARN,
-                output=f"no connection gauge from any app node for {self.book.silent_for():.0f} s",
-            )
+        gauges = current_gauges(self.book, self.config, "connection gauge", "ops.ingest.ws")
+        if isinstance(gauges, ProbeResult):
+            return gauges
         total = sum(g.connections for g in gauges)
         return ProbeResult(
             status=by_threshold(float(total), self.config),
