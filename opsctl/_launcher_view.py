@@ -53,6 +53,7 @@ class StackView:
         self.components: dict[str, Component] = {}
         self.supervisor: Supervisor | None = None
         self.gateway_url: str | None = None
+        self.admin_token_path: Path | None = None
         self.health_ready_s: float | None = None
         self.health_status: str | None = None
         self.running = True
@@ -97,6 +98,11 @@ class StackView:
                 f"status page: [bold link={self.gateway_url}]{self.gateway_url}[/]{taken}"
                 f"   health: {self.gateway_url}/api/health"
             )
+            if self.admin_token_path is not None:
+                self.console.print(
+                    f"super-admin token: {self.admin_token_path} (browser: any user name, the "
+                    "token as password; `opsctl status` reads it)"
+                )
         else:
             self.console.print(
                 "[yellow]no gateway running (not selected, or not written yet): "

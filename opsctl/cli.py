@@ -62,7 +62,9 @@ def status(
 ) -> None:
     """Show the health checks (exit 0 pass/warn, 1 fail, 2 unreachable)."""
     from ._admin import gateway_url, show_status
+    from ._local_auth import read_local_token
 
+    token = token or (None if url else read_local_token(workdir))
     raise typer.Exit(show_status(gateway_url(url, workdir), token, Console()))
 
 

@@ -171,9 +171,7 @@ async def test_up_uses_external_servers_when_configured(
 async def test_full_stack_answers_health_with_a_postgres_check(
     launch_up: Callable[..., UpProcess],
 ) -> None:
-    needed = {"health", "aggregator", "gateway"}
-    if not needed <= set(available_services()):
-        pytest.skip(f"services not written yet: {sorted(needed - set(available_services()))}")
+    assert {"health", "aggregator", "gateway"} <= set(available_services())
     up = launch_up("--demo")
     state = up.wait(
         lambda: up.state().get("health_ready_s"),
@@ -185,6 +183,14 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     body = httpx.get(f"{gateway}/api/health", timeout=2).json()
     assert any(key.startswith("postgres:") for key in body["checks"])
     assert f"status page: {gateway}" in up.output()
+    # A local stack gets a super-admin token of its own: the status page works out of the box.
+    token_file = up.workdir / "admin-token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    token = token_file.read_text().strip()
+    assert token not in (up.workdir / "auth.toml").read_text()  # only its hash is stored
+    assert httpx.get(f"{gateway}/super-admin/status", timeout=2).status_code == 401
+    admin = httpx.get(f"{gateway}/super-admin/status", auth=("ops", token), timeout=2)
+    assert admin.status_code == 200 and admin.json()["status"] in {"pass", "warn", "fail"}
 
     status = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "opsctl", "status", "--workdir", str(up.workdir)],
@@ -194,6 +200,7 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     stdout, _ = await status.communicate()
     assert status.returncode == 0, stdout.decode()
     assert "postgres:responseTime" in stdout.decode()
+    assert "/super-admin/status: HTTP" not in stdout.decode()  # the local token was used
 
     children = up.descendants()
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
