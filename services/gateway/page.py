@@ -18,7 +18,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d233
 header{display:flex;gap:1rem;align-items:center;padding:.8rem 1.2rem;background:#1d2330;color:#fff}
 header h1{font-size:1.1rem;margin:0} #live{margin-left:auto;font-size:.85rem;opacity:.85}
 main{padding:1rem 1.2rem;display:grid;gap:1rem;align-items:start;
-grid-template-columns:repeat(auto-fit,minmax(420px,1fr))}
+grid-template-columns:repeat(auto-fit,minmax(380px,1fr))}
+.wide{grid-column:1/-1} td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 section{background:#fff;border-radius:6px;padding:.6rem .9rem;box-shadow:0 1px 2px #0002}
 h2{font-size:.95rem;margin:.2rem 0 .5rem} table{border-collapse:collapse;width:100%}
 td,th{text-align:left;padding:.25rem .4rem;border-top:1px solid #eee;vertical-align:top}
@@ -26,7 +27,7 @@ th{font-weight:600;color:#555;border-top:none}
 .badge{display:inline-block;min-width:3em;text-align:center;border-radius:3px;padding:0 .4em;
 font-weight:600;text-transform:uppercase;font-size:.75rem;color:#fff}
 .pass{background:#1f883d}.warn{background:#bf8700}.fail{background:#cf222e}.skip{background:#8c959f}
-.muted{color:#777}.out{font-size:.8rem;color:#444;max-width:32em;overflow-wrap:anywhere}
+.muted{color:#777}.out{font-size:.8rem;color:#444;max-width:60em;overflow-wrap:anywhere}
 </style></head>
 <body>
 <header><h1>opsplane &middot; <span id="deployment"></span></h1>
@@ -34,13 +35,15 @@ font-weight:600;text-transform:uppercase;font-size:.75rem;color:#fff}
 <span id="live">connecting&hellip;</span></header>
 <main>
 <section id="database-section"><h2>Database</h2><div id="database"></div></section>
-<section><h2>Components</h2><table id="components"><thead><tr><th>check</th><th>status</th>
+<section class="wide"><h2>Components</h2><table id="components"><thead><tr><th>check</th><th>status</th>
 <th>value</th><th>output</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Services</h2><table id="services"><thead><tr><th>service</th><th>status</th>
 <th>instances</th></tr></thead><tbody></tbody></table></section>
-<section><h2>Tenants (worst first)</h2><table id="tenants"><thead><tr><th>tenant</th>
-<th>status</th><th>metrics</th></tr></thead><tbody></tbody></table></section>
-<section><h2>Active alerts</h2><table id="alerts"><thead><tr><th>rule</th><th>state</th>
+<section class="wide"><h2>Tenants (worst first)</h2><table id="tenants"><thead><tr>
+<th>tenant</th><th>status</th><th class="num">req/s (1m)</th><th class="num">5xx % (5m)</th>
+<th class="num">avg ms (5m)</th><th class="num">p95 ms (5m)</th><th class="num">p99 ms (5m)</th>
+<th class="num">running timers</th></tr></thead><tbody></tbody></table></section>
+<section class="wide"><h2>Active alerts</h2><table id="alerts"><thead><tr><th>rule</th><th>state</th>
 <th>scope</th><th>value</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Backups and jobs</h2><div id="backup"></div><table id="jobs"><thead><tr>
 <th>job</th><th>action</th><th>state</th></tr></thead><tbody></tbody></table></section>
@@ -64,7 +67,7 @@ function cell(row, content, cls) {
 function fill(tableId, items, draw, empty) {
   const body = $(tableId).tBodies[0];
   body.replaceChildren();
-  if (!items.length) { cell(body.insertRow(), empty, "muted").colSpan = 4; return; }
+  if (!items.length) { cell(body.insertRow(), empty, "muted").colSpan = 8; return; }
   for (const item of items) draw(body.insertRow(), item);
 }
 const fmt = (v, u) =>
@@ -100,9 +103,17 @@ function render(r) {
   fill("tenants", r.tenants, (row, t) => {
     row.dataset.tenant = t.tenant_id; row.dataset.status = t.status;
     cell(row, t.tenant_id); cell(row, badge(t.status));
-    cell(row, Object.entries(t.metrics).map(([k, v]) => `${k} ${fmt(v)}`).join(", "), "out");
+    const m = t.metrics;
+    const pct = m.error_ratio_5m === null || m.error_ratio_5m === undefined ? null
+      : m.error_ratio_5m * 100;
+    for (const v of [m.rate_per_s_1m, pct, m.avg_ms_5m, m.p95_ms_5m, m.p99_ms_5m,
+                     m.active_timers]) {
+      cell(row, fmt(v), "num");
+    }
   }, "no tenant data yet");
-  fill("alerts", r.alerts, (row, a) => {
+  const order = {firing: 0, pending: 1, resolved: 2};
+  const alerts = [...r.alerts].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3));
+  fill("alerts", alerts, (row, a) => {
     row.dataset.rule = a.rule;
     cell(row, a.rule); cell(row, a.state); cell(row, a.scope);
     cell(row, `${fmt(a.value)} (threshold ${fmt(a.threshold)})`, "out");
