@@ -33,7 +33,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy shared
+	$(BIN)/mypy shared services opsctl
 
 test: $(VENV)/.installed-test lint typecheck | $(XDG_RUNTIME_DIR)
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

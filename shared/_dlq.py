@@ -7,7 +7,7 @@ error and its headers, and counted in ``opsplane_dlq_messages_total``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter
@@ -32,7 +32,9 @@ DLQ_MESSAGES = Counter(
 class Publisher(Protocol):
     """What the DLQ needs from a broker: FastStream's ``NatsBroker.publish`` fits."""
 
-    async def publish(self, message: Any, subject: str, **kwargs: Any) -> Any: ...
+    def publish(
+        self, message: Any, subject: str, *, stream: str | None = None
+    ) -> Awaitable[Any]: ...
 
 
 def reason_of(exc: ValidationError) -> str:
@@ -58,7 +60,7 @@ class DeadLetters:
         subject: str,
         body: bytes,
         reason: str,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> None:
         DLQ_MESSAGES.labels(origin=origin).inc()
         letter = DeadLetter(
@@ -81,8 +83,7 @@ class DeadLetters:
 
     async def decode_message(self, model: type[M], origin: str, msg: InboundMessage) -> M | None:
         """``decode`` for a message received through ``subscribe_raw``."""
-        headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
-        return await self.decode(model, origin, msg.raw_message.subject, msg.body, headers)
+        return await self.decode(model, origin, msg.raw_message.subject, msg.body, msg.headers)
 
     async def decode(
         self,
@@ -90,7 +91,7 @@ class DeadLetters:
         origin: str,
         subject: str,
         body: bytes,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> M | None:
         """``model`` parsed from ``body``, or ``None`` after rejecting it to the DLQ."""
         try:

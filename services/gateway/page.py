@@ -39,14 +39,14 @@ font-weight:600;text-transform:uppercase;font-size:.75rem;color:#fff}
 <th>instances</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Backups and jobs</h2><div id="backup"></div><table id="jobs"><thead><tr>
 <th>job</th><th>action</th><th>state</th></tr></thead><tbody></tbody></table></section>
-<section class="wide"><h2>Components</h2><table id="components"><thead><tr><th>check</th><th>status</th>
-<th>value</th><th>output</th></tr></thead><tbody></tbody></table></section>
+<section class="wide"><h2>Components</h2><table id="components"><thead><tr><th>check</th>
+<th>status</th><th>value</th><th>output</th></tr></thead><tbody></tbody></table></section>
 <section class="wide"><h2>Tenants (worst first)</h2><table id="tenants"><thead><tr>
 <th>tenant</th><th>status</th><th class="num">req/s (1m)</th><th class="num">5xx % (5m)</th>
 <th class="num">avg ms (5m)</th><th class="num">p95 ms (5m)</th><th class="num">p99 ms (5m)</th>
 <th class="num">running timers</th></tr></thead><tbody></tbody></table></section>
-<section class="wide"><h2>Active alerts</h2><table id="alerts"><thead><tr><th>rule</th><th>state</th>
-<th>scope</th><th>value</th></tr></thead><tbody></tbody></table></section>
+<section class="wide"><h2>Active alerts</h2><table id="alerts"><thead><tr><th>rule</th>
+<th>state</th><th>scope</th><th>value</th></tr></thead><tbody></tbody></table></section>
 
 </main>
 <script type="application/json" id="initial">__REPORT__</script>

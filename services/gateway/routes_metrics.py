@@ -38,5 +38,5 @@ async def metrics(request: Request) -> Response:
         settings = state.exposition_settings = ExpositionSettings()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ViewCollector(state.gateway.cache, top_tenants=settings.top_tenants))
-    registry.register(_ProcessMetrics())  # type: ignore[arg-type]
+    registry.register(_ProcessMetrics())
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

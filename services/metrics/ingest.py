@@ -8,7 +8,8 @@ ones (a JSON array of them) with one reason each. Every rejected record is count
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -35,7 +36,9 @@ class IngestHandler:
         self.batches = 0
         self.rejected = 0
 
-    async def handle(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
+    async def handle(
+        self, subject: str, body: bytes, headers: Mapping[str, Any] | None
+    ) -> None:
         decoded = decode_batch(body)
         rejected = decoded.rejected
         if decoded.records:
@@ -49,7 +52,7 @@ class IngestHandler:
             await self._reject(subject, body, rejected, headers)
 
     async def _reject(self, subject: str, body: bytes, rejected: list[Rejected],
-                      headers: dict[str, str] | None) -> None:
+                      headers: Mapping[str, Any] | None) -> None:
         for item in rejected:
             REJECTED.labels(kind=item.kind).inc()
         self.rejected += len(rejected)
