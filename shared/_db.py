@@ -69,7 +69,8 @@ async def connect(
     except DRIVER_ERRORS as exc:
         raise DatabaseError(describe(exc)) from exc
     finally:
-        conn.terminate() if conn.is_closed() else await _close_quietly(conn)
+        if not conn.is_closed():
+            await _close_quietly(conn)
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:
