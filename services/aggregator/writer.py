@@ -10,17 +10,28 @@ Transitions (``StatusChange`` on ``ops.status.*``) are computed against the prev
 content and published by the replica whose write made the change, with
 ``Nats-Msg-Id = <key>@<revision>/<kind>.<name>``: exactly one event per change, whatever N.
 
-A view is written when it changed, or every ``refresh_s`` so readers can tell from
-``generated_at`` that an aggregator is alive (KV puts are ~4k/s: on change or on a tick, never
-per event).
+A view is written when it changed, or when it falls due a refresh (``refresh_s``, minus
+``tick_s`` so that, checked every tick, it is never older than ``refresh_s`` in KV): readers tell
+from ``system``'s ``generated_at`` that an aggregator is alive. KV puts are ~4k/s: on change or
+on a tick, never per event.
+
+A source with many keys (``tenant.*``: 10,000 tenants) tracks which changed
+(``ChangeTracking``): ``sync`` then looks at those keys only, oldest first, at most ``limit`` of
+them, and ``parallel`` writes in flight (a KV put is a round trip; one at a time would cap the
+rate at 1/RTT). A key is settled when KV holds what it was built from; a failed write leaves it
+dirty, behind the others, and ends this sync (NATS down or slow: the next tick tries again).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any, Protocol
 
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
@@ -36,6 +47,10 @@ VIEW_WRITES = Counter("opsplane_view_writes_total", "Views written to KV ops_sta
 VIEW_CONFLICTS = Counter(
     "opsplane_view_conflicts_total",
     "Compare-and-set writes refused because another aggregator replica wrote first.",
+)
+VIEW_WRITE_FAILURES = Counter(
+    "opsplane_view_write_failures_total",
+    "View writes that failed (NATS down or slow); the view stays due for the next tick.",
 )
 STATUS_CHANGES = Counter("opsplane_status_changes_total", "Status transitions published.")
 
@@ -56,8 +71,40 @@ class ViewSource(Protocol):
     def statuses(self, view: Any) -> StatusMap: ...
 
 
+class ChangeTracking(Protocol):
+    """A source that knows which keys changed since KV last held them (``TenantBook``)."""
+
+    def pending(self) -> Iterator[str]:
+        """Dirty keys, the longest-waiting first."""
+
+    def version(self, key: str) -> int | None:
+        """The version of ``key``'s latest change (``None``: not dirty)."""
+
+    def settle(self, key: str, version: int | None) -> None:
+        """KV holds ``key`` as of ``version``: clean unless it changed again since."""
+
+    def retry_later(self, key: str) -> None:
+        """Keep ``key`` dirty, behind the other dirty keys."""
+
+
+_TRACKING = ("pending", "version", "settle", "retry_later")
+
+
+@functools.cache
+def _tracks_changes(kind: type) -> bool:
+    return all(callable(getattr(kind, name, None)) for name in _TRACKING)
+
+
+def tracking(source: ViewSource) -> ChangeTracking | None:
+    """``source`` as a ``ChangeTracking`` if it is one (checked once per class: a protocol
+    ``isinstance`` costs ~10 us, too much per key)."""
+    return source if _tracks_changes(type(source)) else None  # type: ignore[return-value]
+
+
 def fingerprint(view: Any) -> bytes:
-    return bytes(view.model_dump_json(exclude={"generated_at"}).encode())
+    """What a view says, without its time stamp (a 16-byte digest: 10,000 tenants kept cheap)."""
+    dumped = view.model_dump_json(exclude={"generated_at"}).encode()
+    return hashlib.blake2b(dumped, digest_size=16).digest()
 
 
 @dataclass
@@ -72,35 +119,72 @@ class Known:
 
 class ViewWriter:
     def __init__(self, kv: KeyValueLike, publish: PublishChange | None = None, *,
-                 refresh_s: float = 2.0) -> None:
+                 refresh_s: float = 2.0, tick_s: float = 0.0, parallel: int = 16) -> None:
         self._kv = kv
         self._publish = publish
         self._refresh_s = refresh_s
+        self._tick_s = tick_s  # the caller's tick: a refresh falls due one tick early
+        self._parallel = max(1, parallel)
         self._known: dict[str, Known] = {}
         self.writes = 0
         self.conflicts = 0
+        self.failures = 0
         self.changes_published = 0
 
-    async def sync(self, source: ViewSource, now: datetime) -> None:
-        """Write every key of ``source`` that changed or is due a refresh."""
-        for key in list(source.keys()):
-            try:
-                await self.sync_key(source, key, now)
-            except Exception as exc:  # NATS down: the next tick tries again
-                log.warning("view.write_failed", key=key, error=str(exc))
+    async def sync(self, source: ViewSource, now: datetime, *, limit: int | None = None,
+                   refresh_s: float | None = None) -> int:
+        """Write the keys of ``source`` that changed or are due a refresh; returns how many
+        keys were looked at. A ``ChangeTracking`` source offers only its dirty keys (at most
+        ``limit``); the others every key. ``refresh_s`` overrides the writer's for this call."""
+        tracked = tracking(source)
+        keys = list(islice(tracked.pending() if tracked else source.keys(), limit))
+        if not keys:
+            return 0
+        refresh = self._refresh_s if refresh_s is None else refresh_s
+        todo = iter(keys)  # shared by the workers: each key is taken once
+        failed = False
 
-    async def sync_key(self, source: ViewSource, key: str, now: datetime) -> None:
+        async def work() -> None:
+            nonlocal failed
+            for key in todo:
+                if failed:
+                    return
+                try:
+                    settled = await self.sync_key(source, key, now, refresh_s=refresh)
+                except Exception as exc:  # NATS down or slow: the next tick tries again
+                    failed = True
+                    self.failures += 1
+                    VIEW_WRITE_FAILURES.inc()
+                    log.warning("view.write_failed", key=key, error=str(exc) or type(exc).__name__)
+                    settled = False
+                if not settled and tracked is not None:
+                    tracked.retry_later(key)
+
+        await asyncio.gather(*(work() for _ in range(min(self._parallel, len(keys)))))
+        return len(keys)
+
+    async def sync_key(self, source: ViewSource, key: str, now: datetime, *,
+                       refresh_s: float | None = None) -> bool:
+        """Bring ``key`` in KV up to date; ``True`` once it is (written, or nothing to write).
+        A ``ChangeTracking`` source's key is then settled at the version that was written."""
+        tracked = tracking(source)
+        refresh = (self._refresh_s if refresh_s is None else refresh_s) - self._tick_s
         known = self._known.get(key)
         if known is None:
             known = await self._load(source, key)
         for _ in range(MAX_ATTEMPTS):
+            version = tracked.version(key) if tracked else None  # no await until view() is built
             view = source.view(key, now)
             if view is None:
-                return
+                if tracked:
+                    tracked.settle(key, version)
+                return True
             print_ = fingerprint(view)
-            fresh = time.monotonic() - known.written_at < self._refresh_s
-            if print_ == known.fingerprint and fresh:
-                return
+            started = time.monotonic()
+            if print_ == known.fingerprint and started - known.written_at < refresh:
+                if tracked:
+                    tracked.settle(key, version)
+                return True
             try:
                 revision = await self._cas(key, view.to_bytes(), known.revision)
             except KeyWrongLastSequenceError:
@@ -109,13 +193,16 @@ class ViewWriter:
                 known = await self._load(source, key)
                 continue
             previous = known.statuses
-            known = Known(revision, print_, source.statuses(view), time.monotonic())
+            known = Known(revision, print_, source.statuses(view), started)
             self._known[key] = known
+            if tracked:
+                tracked.settle(key, version)
             self.writes += 1
             VIEW_WRITES.inc()
             await self._transitions(key, revision, previous, known.statuses, view)
-            return
+            return True
         log.warning("view.write_contended", key=key, attempts=MAX_ATTEMPTS)
+        return False
 
     async def _cas(self, key: str, value: bytes, revision: int | None) -> int:
         if revision is None:
