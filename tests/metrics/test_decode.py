@@ -136,3 +136,24 @@ def test_msgspec_decoder_agrees_with_the_contract_model(record: dict[str, Any]) 
 def test_decoded_records_round_trip_through_msgspec() -> None:
     decoded = decode_batch(body([GOOD]))
     assert json.loads(msgspec.json.encode(decoded.records[0]))["tenant_id"] == "acme"
+
+
+def test_tenant_ids_are_checked_once_per_batch_and_remembered() -> None:
+    """The hot path checks each distinct tenant id (not each record); a bad one sends the
+    batch the strict way, with the schema's reason, whether the id is new or the batch is one
+    tenant's."""
+    good = [{**GOOD, "tenant_id": f"t-{i % 3}"} for i in range(30)]
+    assert len(decode_batch(body(good)).records) == 30
+    assert len(decode_batch(body(good)).records) == 30  # ids remembered: same answer
+    bad_tenant = [{**GOOD, "tenant_id": "t 1"} for _ in range(5)]
+    decoded = decode_batch(body(good + bad_tenant))
+    assert len(decoded.records) == 30
+    assert [r.index for r in decoded.rejected] == list(range(30, 35))
+    assert all("tenant_id" in r.reason and "regex" in r.reason for r in decoded.rejected)
+    whole = decode_batch(body({**GOOD, "tenant_id": "a.b"}))
+    assert [(r.kind, r.index) for r in whole.rejected] == [("invalid", None)]
+    assert "tenant_id" in whole.rejected[0].reason
+    # The first error in the record is the one reported, as the contract's schema reports it.
+    both = decode_batch(body({"tenant_id": "a.b", **{k: v for k, v in GOOD.items()
+                                                     if k != "tenant_id"}, "status": 1}))
+    assert "tenant_id" in both.rejected[0].reason

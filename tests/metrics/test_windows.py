@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from services.metrics.sketch import (
     value_of,
 )
 from services.metrics.stats import window_stats
-from services.metrics.store import MetricsStore
+from services.metrics.store import UNIFORM_MIN, MetricsStore
 from services.metrics.window import RING_MINUTES, Window
 from shared import DURATION_BOUNDS_S
 
@@ -162,3 +163,56 @@ def test_traffic_totals_are_monotonic_and_labelled() -> None:
                                     for c in (2, 4, 5)}
     assert sum(totals.requests.values()) == totals.count
     assert not store.tenants  # tenantless records only count globally
+
+
+def store_state(store: MetricsStore) -> object:
+    def window(w: Window) -> object:
+        buckets = {**{("fine", i): b for i, b in w.fines.items()},
+                   **{("minute", m): b for m, b in w.minutes.items()}}
+        return {key: (b.count, b.errors, b.sum_ms, dict(b.hist)) for key, b in buckets.items()}
+
+    return (window(store.everything), {t: window(w) for t, w in store.tenants.items()},
+            dict(store.traffic.requests), store.records, store.late)
+
+
+def uniform_records(offsets: st.SearchStrategy[float]) -> st.SearchStrategy[list[Any]]:
+    return st.lists(st.tuples(
+        offsets,
+        st.one_of(st.floats(min_value=0, max_value=100_000), st.just(0.0005)),  # duration
+        st.sampled_from([200, 201, 404, 500, 503]),
+        st.sampled_from(["GET", "POST", "BREW"]),
+    ), min_size=UNIFORM_MIN, max_size=60)
+
+
+@given(st.one_of(uniform_records(st.floats(min_value=-5, max_value=4.99)),  # one 10 s bucket
+                 uniform_records(st.floats(min_value=-20, max_value=400))),
+       st.sampled_from(["acme", None]), st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_a_one_tenant_batch_as_one_aggregate_equals_record_by_record(
+        fields: list[tuple[float, float, int, str]], tenant: str | None, mixed: bool) -> None:
+    """Partitioned ingest's batches (one tenant, one 10 s bucket) take the aggregate path;
+    the windows end up exactly as record by record (and other batches still go that way)."""
+    now = T0 + 605.0
+    batch = [rec(now + offset, duration, status, tenant, method)
+             for offset, duration, status, method in fields]
+    if mixed:
+        batch.append(rec(now, tenant="other"))
+    warm = [rec(now - 3, 7.0, tenant="acme"), rec(now - 100, 9.0, tenant="acme")]
+    fast, slow = MetricsStore(), MetricsStore()
+    for store in (fast, slow):
+        store.ingest(warm, now)
+    assert fast.ingest(batch, now) == slow._ingest_each(batch, now)
+    assert store_state(fast) == store_state(slow)
+
+
+def test_one_tenant_batches_take_the_aggregate_path() -> None:
+    store, now = MetricsStore(), T0 + 5.0
+    batch = [rec(now - 1 + i / 100, 5.0 + i, 500 if i % 10 == 0 else 200) for i in range(50)]
+    assert store._ingest_uniform(batch, now)
+    assert not store._ingest_uniform([*batch, rec(now, tenant="other")], now)
+    assert not store._ingest_uniform([*batch, rec(now - 20)], now)  # two 10 s buckets
+    assert not store._ingest_uniform([*batch, rec(now + 3600)], now)  # implausible: rejected
+    assert not store._ingest_uniform([*batch, rec(datetime.fromtimestamp(now, UTC))], now)
+    bucket = store.tenants["acme"].fines[int(now // 10)]
+    assert (bucket.count, bucket.errors, sum(bucket.hist.values())) == (50, 5, 50)
+    assert store.records == 50
