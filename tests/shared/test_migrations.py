@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -16,13 +17,12 @@ from tests.harness import Servers
 
 @pytest.fixture()
 async def fresh_db(servers: Servers) -> AsyncIterator[str]:
-    """A database of this test's own on the shared server."""
-    if servers.postgres is None:
-        pytest.skip("needs the embedded server to create databases")
+    """A database of this test's own on the session's server (embedded or ``DATABASE_URL``)."""
     name = f"mig_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(servers.postgres.admin_url())
+    url = urlsplit(servers.database_url)
+    admin = await asyncpg.connect(servers.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    yield servers.postgres.url.rsplit("/", 1)[0] + "/" + name
+    yield urlunsplit(url._replace(path=f"/{name}"))
     await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin.close()
 
