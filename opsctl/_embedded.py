@@ -94,7 +94,7 @@ class NatsServer(EmbeddedServer):
             ],
             log_path=self.log_path,
         )
-        wait_for_port(HOST, self.port, timeout_s=20, proc=self.proc)
+        wait_for_port(HOST, self.port, timeout_s=20, proc=self.proc, log_path=self.log_path)
 
 
 def _pg_bin_dir() -> Path:
@@ -198,7 +198,7 @@ class PostgresServer(EmbeddedServer):
             user=owner[0] if owner else None,
             group=owner[1] if owner else None,
         )
-        wait_for_port(HOST, self.port, timeout_s=30, proc=self.proc)
+        wait_for_port(HOST, self.port, timeout_s=30, proc=self.proc, log_path=self.log_path)
         self._wait_accepting(timeout_s=30)
         self._ensure_database()
 
@@ -266,7 +266,7 @@ class S3Server(EmbeddedServer):
         self.port = self.port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = spawn([binary, "-H", HOST, "-p", str(self.port)], log_path=self.log_path)
-        wait_for_port(HOST, self.port, timeout_s=30, proc=self.proc)
+        wait_for_port(HOST, self.port, timeout_s=30, proc=self.proc, log_path=self.log_path)
 
 
 def create_bucket(endpoint_url: str, bucket: str, region: str = "us-east-1") -> None:

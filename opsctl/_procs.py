@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -79,27 +80,62 @@ def stop(
     return proc.returncode
 
 
-def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
-    """``preferred`` if nothing listens there, else a free port the kernel picks."""
-    if preferred:
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, preferred))
-                return preferred
-            except OSError:
-                pass
+# Ports handed out by this process: never hand the same one out twice, even before it is bound.
+_HANDED_OUT: set[int] = set()
+# Below Linux's default ephemeral range (32768-60999): a port the kernel picks for bind(0) can be
+# taken by any outgoing connection before our child binds it, which made servers exit at start.
+_PICK_RANGE = (20000, 32000)
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """``preferred`` if nothing listens there, else a free port outside the ephemeral range."""
+    if preferred and preferred not in _HANDED_OUT and _bindable(host, preferred):
+        _HANDED_OUT.add(preferred)
+        return preferred
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*_PICK_RANGE)
+        if port not in _HANDED_OUT and _bindable(host, port):
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as sock:  # a crowded range: let the kernel pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
+def log_tail(path: Path | None, lines: int = 15) -> str:
+    """The end of a child's log, for an error message that says why it died."""
+    if path is None or not path.exists():
+        return ""
+    text = path.read_bytes()[-4000:].decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def wait_for_port(
-    host: str, port: int, *, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
+    host: str,
+    port: int,
+    *,
+    timeout_s: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+            tail = log_tail(log_path)
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before listening on {port}"
+                + (f"; its log ends:\n{tail}" if tail else "")
+            )
         with socket.socket() as sock:
             sock.settimeout(0.2)
             if sock.connect_ex((host, port)) == 0:

@@ -86,7 +86,8 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_port("127.0.0.1", port, timeout_s=20)
+        wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc,
+                      log_path=workdir / "alertmanager.log")
         wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200,
                    timeout_s=20, message="alertmanager ready")
         yield Alertmanager(url, proc)
@@ -115,7 +116,7 @@ def mapped_nats(tmp_path: Path) -> Iterator[MappedNats]:
     )
     proc = spawn([binary, "-c", str(config)], log_path=tmp_path / "nats.log")
     try:
-        wait_for_port("127.0.0.1", port, timeout_s=20)
+        wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc, log_path=tmp_path / "nats.log")
         yield MappedNats(f"nats://127.0.0.1:{port}", 2, proc)
     finally:
         stop(proc)
