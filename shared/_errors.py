@@ -4,6 +4,7 @@ Errors of the libraries underneath (nats, asyncpg, botocore) are mapped to these
 boundary, so callers catch ``OpsplaneError`` subclasses and never a driver's exception.
 
     OpsplaneError
+    ├── CommandRejected        a signed maintenance command refused (``.reason``)
     ├── ConfigError            bad settings or configuration file
     ├── ContractError          a message that breaks the wire contract (goes to the DLQ)
     ├── DependencyError        a dependency failed or timed out
@@ -56,3 +57,16 @@ class DriftError(OpsplaneError):
 
 class MigrationError(OpsplaneError):
     """A migration failed, or an applied one no longer matches its file."""
+
+
+class CommandRejected(OpsplaneError):
+    """A signed maintenance command was refused; it is audited and never run.
+
+    ``reason`` is a short stable code (``REJECTION_REASONS`` in ``shared._commands``: it goes on
+    the wire in the ``rejected`` job event); ``str()`` is the human explanation.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+        self.message = message or reason
