@@ -88,5 +88,74 @@ def streams_check() -> None:
     raise typer.Exit(asyncio.run(run_check(Console())))
 
 
+keys = typer.Typer(help="Signing keys for maintenance commands.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("new")
+def keys_new(
+    kid: str = typer.Argument(..., help="Key id (the JWT header kid), e.g. ops-alice."),
+    directory: Path = typer.Option(Path("."), "--dir", help="Where to write KID.pem/.pub.pem."),
+    actions: list[str] = typer.Option(
+        ["*"], "--actions", help="Action patterns this key may issue (repeat): backup.*, db.report"
+    ),
+) -> None:
+    """Create an Ed25519 key pair and print its keyring entry."""
+    from ._keys import new_key
+
+    raise typer.Exit(new_key(kid, directory, actions, Console(soft_wrap=True)))
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def cmd(
+    action: str = typer.Argument(..., help="backup.create, db.report, purge.app_data, ..."),
+    params: list[str] = typer.Argument(None, help="key=value (true/false, integers, strings)."),
+    params_json: str | None = typer.Option(None, "--params", help="JSON object, merged over."),
+    key: Path = typer.Option(..., "--key", help="Private key PEM (from `opsctl keys new`)."),
+    kid: str | None = typer.Option(None, "--kid", help="Key id (default: the key file's name)."),
+    issuer: str | None = typer.Option(None, "--issuer", help="iss claim (default: user@host)."),
+    audience: str | None = typer.Option(
+        None, "--audience", help="aud claim (default: OPS_DEPLOYMENT)."
+    ),
+    target_db: str | None = typer.Option(
+        None, "--target-db", help="DSN of the database a destructive action is for (DATABASE_URL)."
+    ),
+    target: str | None = typer.Option(
+        None, "--target", help="SYSTEM_IDENTIFIER:DATABASE instead of --target-db."
+    ),
+    lifetime: int = typer.Option(300, "--lifetime", min=1, max=900, help="Seconds until exp."),
+    no_follow: bool = typer.Option(False, "--no-follow", help="Send, print the job id, exit."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=0.1, help="Stop following after this many seconds (exit 3)."
+    ),
+) -> None:
+    """Sign a maintenance command, send it and follow the job until it ends.
+
+    Exit: 0 succeeded, 1 failed/rejected/cancelled, 2 bad input, 3 timeout, 4 no NATS.
+    """
+    from ._cmd import CmdRequest, run_cmd
+
+    request = CmdRequest(
+        action=action,
+        pairs=list(params or []),
+        params_json=params_json,
+        key=key,
+        kid=kid,
+        issuer=issuer,
+        audience=audience,
+        target_db=target_db,
+        target=target,
+        lifetime_s=lifetime,
+        follow=not no_follow,
+        timeout_s=timeout,
+    )
+    try:
+        code = asyncio.run(run_cmd(request, Console(), Console(stderr=True, soft_wrap=True)))
+    except KeyboardInterrupt:
+        typer.echo("\nstopped following; the job keeps running (see ops.jobs.<job id>)", err=True)
+        code = 130
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
