@@ -1,0 +1,41 @@
+"""Action handlers: ``action name -> async handler(ctx, params) -> result dict``.
+
+A handler reports progress with ``await ctx.progress(Progress(...), message)`` (throttled by
+the runner), checks ``ctx.cancelled()`` / ``ctx.raise_if_cancelled()`` between steps and wraps a
+long statement in ``await ctx.cancellable(awaitable)`` so a cancel interrupts it. Its result is
+a JSON-able dict that lands in the job's ``result``; an ``ActionFailed`` ends the job ``failed``
+with its message.
+"""
+
+from __future__ import annotations
+
+from .context import ActionContext, ActionFailed, ActionHandler, JobCancelled
+from .db_report import db_report
+from .db_vacuum import db_vacuum
+from .job_cancel import job_cancel
+
+# Control actions run at once, outside the concurrency limit (a cancel must never wait behind
+# the jobs it is meant to stop).
+CONTROL_ACTIONS = frozenset({"job.cancel"})
+
+
+def default_handlers() -> dict[str, ActionHandler]:
+    """The handlers this worker ships (backup.*, backfill.*, purge.* are wired as they land)."""
+    return {
+        "db.report": db_report,
+        "db.vacuum": db_vacuum,
+        "job.cancel": job_cancel,
+    }
+
+
+__all__ = [
+    "CONTROL_ACTIONS",
+    "ActionContext",
+    "ActionFailed",
+    "ActionHandler",
+    "JobCancelled",
+    "db_report",
+    "db_vacuum",
+    "default_handlers",
+    "job_cancel",
+]
