@@ -168,5 +168,5 @@ def keyring_entry_toml(kid: str, public_pem: bytes, actions: list[str]) -> str:
         f"actions = {json.dumps(list(actions))}",
     ]
     block = "\n".join(lines) + "\n"
-    Keyring.from_mapping(tomllib.loads(block), source=f"new key {kid}")
+    Keyring.from_mapping(tomllib.loads(block), source="entry")
     return block
