@@ -105,6 +105,10 @@ async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
     nc = await nats.connect(nats_server.url)
     context = nc.jetstream()
     await ensure_jetstream(context)
+    # A work queue takes one consumer per subject: drop a maintenance worker's durable, declared
+    # when its module registered it in this session, so the fake worker below can pull.
+    for consumer in await context.consumers_info(COMMANDS_STREAM):
+        await context.delete_consumer(COMMANDS_STREAM, consumer.name)
     yield context
     await nc.close()
 
