@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import re
 import socket
 import time
@@ -24,7 +25,7 @@ from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -44,6 +45,8 @@ from shared import (
     subjects,
 )
 
+from ._local_auth import local_key_path
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_BROKER = 0, 1, 2, 3, 4
 TERMINAL = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 _INT = re.compile(r"^-?[0-9]+$")
@@ -58,7 +61,7 @@ class CmdRequest:
     action: str
     pairs: list[str] = field(default_factory=list)
     params_json: str | None = None
-    key: Path = Path("key.pem")
+    key: Path | None = None  # None: OPS_SIGNING_KEY, else the local stack's key (opsctl up)
     kid: str | None = None
     issuer: str | None = None
     audience: str | None = None
@@ -67,6 +70,41 @@ class CmdRequest:
     lifetime_s: int = 300
     follow: bool = True
     timeout_s: float | None = None
+    workdir: Path = Path(".opsplane")  # a local `opsctl up`'s: its key, NATS and database
+
+
+def signing_key(request: CmdRequest) -> Path:
+    """``--key``, else ``OPS_SIGNING_KEY``, else the key ``opsctl up`` made for its local stack."""
+    if request.key is not None:
+        return request.key
+    if os.environ.get("OPS_SIGNING_KEY"):
+        return Path(os.environ["OPS_SIGNING_KEY"])
+    local = local_key_path(request.workdir)
+    if local.exists():
+        return local
+    raise UsageError(
+        "no signing key: pass --key FILE (create one with `opsctl keys new KID`) or set "
+        f"OPS_SIGNING_KEY; a local `opsctl up` keeps one in {local}"
+    )
+
+
+def local_stack_settings(settings: Settings, workdir: Path) -> Settings:
+    """Point at the running local stack's NATS and PostgreSQL when the env names none."""
+    try:
+        state = json.loads((workdir / "state.json").read_text())
+    except (OSError, ValueError):
+        return settings
+    if not isinstance(state, dict) or not state.get("running"):
+        return settings
+    components = state.get("components") or {}
+    update: dict[str, Any] = {}
+    nats_url = (components.get("nats") or {}).get("url")
+    if "NATS_URL" not in os.environ and isinstance(nats_url, str) and nats_url:
+        update["nats_url"] = nats_url
+    pg_url = (components.get("postgres") or {}).get("url")
+    if "DATABASE_URL" not in os.environ and isinstance(pg_url, str) and "***" not in pg_url:
+        update["database_url"] = SecretStr(pg_url)  # embedded: no password to have scrubbed
+    return settings.model_copy(update=update) if update else settings
 
 
 def parse_value(text: str) -> Any:
@@ -145,11 +183,12 @@ async def prepare(request: CmdRequest, settings: Settings) -> tuple[str, str]:
         parse_params(request.action, params)
     except CommandRejected as exc:
         raise UsageError(str(exc)) from None
+    key = signing_key(request)
     try:
-        pem = request.key.read_bytes()
+        pem = key.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read the key {request.key}: {exc.strerror or exc}") from None
-    kid = request.kid or request.key.name.removesuffix(".pem")
+        raise UsageError(f"cannot read the key {key}: {exc.strerror or exc}") from None
+    kid = request.kid or key.name.removesuffix(".pem")
     target = await _target(request, settings)
     jti = str(uuid.uuid4())
     try:
@@ -165,7 +204,7 @@ async def prepare(request: CmdRequest, settings: Settings) -> tuple[str, str]:
             jti=jti,
         )
     except (CommandRejected, ConfigError) as exc:
-        message = f"{request.key}: {exc}" if isinstance(exc, ConfigError) else str(exc)
+        message = f"{key}: {exc}" if isinstance(exc, ConfigError) else str(exc)
         raise UsageError(message) from None
     return jti, token
 
@@ -264,7 +303,7 @@ async def _follow(
 
 
 async def run_cmd(request: CmdRequest, out: Console, err: Console) -> int:
-    settings = Settings()
+    settings = local_stack_settings(Settings(), request.workdir)
     try:
         jti, token = await prepare(request, settings)
     except UsageError as exc:

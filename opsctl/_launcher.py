@@ -26,7 +26,7 @@ from shared import configure_logging, scrub
 from ._dbsetup import load_demo_data, migrate_database
 from ._embedded import HOST, NatsServer, PostgresServer, S3Server, create_bucket
 from ._launcher_view import Component, StackView, since_launch
-from ._local_auth import local_admin_token
+from ._local_auth import local_admin_token, local_keyring
 from ._procs import free_port
 from ._runner import EXTRA_PROCESSES, SERVICES
 from ._supervisor import Policy, ServiceProcess, Supervisor
@@ -231,6 +231,10 @@ class Launcher:
             auth_path, token_path = local_admin_token(self.workdir)
             self.env["OPS_AUTH"] = str(auth_path)
             self.view.admin_token_path = token_path
+        if not self.env.get("OPS_KEYRING"):
+            keyring_path, key_path = local_keyring(self.workdir)
+            self.env["OPS_KEYRING"] = str(keyring_path)
+            self.view.signing_key_path = key_path
         names = ([DEMO_APP] if self.demo else []) + self.services
         ports = {name: self._port_for(name) for name in names}
         if self.demo:

@@ -54,6 +54,7 @@ class StackView:
         self.supervisor: Supervisor | None = None
         self.gateway_url: str | None = None
         self.admin_token_path: Path | None = None
+        self.signing_key_path: Path | None = None
         self.health_ready_s: float | None = None
         self.health_status: str | None = None
         self.running = True
@@ -107,6 +108,11 @@ class StackView:
             self.console.print(
                 "[yellow]no gateway running (not selected, or not written yet): "
                 "no status page[/yellow]"
+            )
+        if self.signing_key_path is not None:
+            self.console.print(
+                f"signing key: {self.signing_key_path} (kid local, every action; "
+                "`opsctl cmd db.report` uses it)"
             )
         self.console.print(f"state: {self.workdir / 'state.json'}   Ctrl-C stops everything")
 

@@ -1,8 +1,13 @@
-"""A super-admin token for a local stack, so the status page works right after ``make run``.
+"""Local credentials for a stack started by ``opsctl up``, so it is usable right after ``make run``.
 
-Only when ``OPS_AUTH`` is not set: the token is kept in ``<workdir>/admin-token`` (mode 0600,
-reused across runs) and only its SHA-256 goes into ``<workdir>/auth.toml``, the file the
-gateway reads. Production sets ``OPS_AUTH`` itself and never gets one.
+- A super-admin token, only when ``OPS_AUTH`` is not set: kept in ``<workdir>/admin-token``
+  (mode 0600, reused across runs); only its SHA-256 goes into ``<workdir>/auth.toml``, the file
+  the gateway reads.
+- A signing key for maintenance commands, only when ``OPS_KEYRING`` is not set: the private key
+  in ``<workdir>/keys/local.pem`` (0600, reused), its public half in ``<workdir>/keyring.toml``
+  with kid ``local`` allowed every action; ``opsctl cmd`` uses it when no ``--key`` is given.
+
+Production sets ``OPS_AUTH`` and ``OPS_KEYRING`` itself and never gets either.
 """
 
 from __future__ import annotations
@@ -12,8 +17,14 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
+from shared import keyring_entry_toml, load_private_key, new_keypair
+
 TOKEN_FILE = "admin-token"  # noqa: S105 - a file name
 AUTH_FILE = "auth.toml"
+LOCAL_KID = "local"
+KEYRING_FILE = "keyring.toml"
 
 
 def local_admin_token(workdir: Path) -> tuple[Path, Path]:
@@ -40,3 +51,29 @@ def read_local_token(workdir: Path) -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def local_key_path(workdir: Path) -> Path:
+    return workdir / "keys" / f"{LOCAL_KID}.pem"
+
+
+def local_keyring(workdir: Path) -> tuple[Path, Path]:
+    """``(keyring_file, private_key_file)`` for ``workdir``, creating the key on first use."""
+    key_path = local_key_path(workdir)
+    if key_path.exists():
+        private = load_private_key(key_path.read_bytes(), source=str(key_path))
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    else:
+        private_pem, public_pem = new_keypair()
+        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_pem)
+    keyring_path = workdir / KEYRING_FILE
+    keyring_path.write_text(
+        "# Written by `opsctl up` for this local stack; the private key is keys/local.pem.\n"
+        + keyring_entry_toml(LOCAL_KID, public_pem, ["*"])
+    )
+    return keyring_path, key_path

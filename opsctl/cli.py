@@ -111,7 +111,12 @@ def cmd(
     action: str = typer.Argument(..., help="backup.create, db.report, purge.app_data, ..."),
     params: list[str] = typer.Argument(None, help="key=value (true/false, integers, strings)."),
     params_json: str | None = typer.Option(None, "--params", help="JSON object, merged over."),
-    key: Path = typer.Option(..., "--key", help="Private key PEM (from `opsctl keys new`)."),
+    key: Path | None = typer.Option(
+        None,
+        "--key",
+        help="Private key PEM (`opsctl keys new`); default OPS_SIGNING_KEY, else the local "
+        "stack's (<workdir>/keys/local.pem).",
+    ),
     kid: str | None = typer.Option(None, "--kid", help="Key id (default: the key file's name)."),
     issuer: str | None = typer.Option(None, "--issuer", help="iss claim (default: user@host)."),
     audience: str | None = typer.Option(
@@ -127,6 +132,9 @@ def cmd(
     no_follow: bool = typer.Option(False, "--no-follow", help="Send, print the job id, exit."),
     timeout: float | None = typer.Option(
         None, "--timeout", min=0.1, help="Stop following after this many seconds (exit 3)."
+    ),
+    workdir: Path = typer.Option(
+        Path(".opsplane"), help="A local `opsctl up`'s: its key, NATS and database by default."
     ),
 ) -> None:
     """Sign a maintenance command, send it and follow the job until it ends.
@@ -148,6 +156,7 @@ def cmd(
         lifetime_s=lifetime,
         follow=not no_follow,
         timeout_s=timeout,
+        workdir=workdir,
     )
     try:
         code = asyncio.run(run_cmd(request, Console(), Console(stderr=True, soft_wrap=True)))

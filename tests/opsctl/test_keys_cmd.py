@@ -332,6 +332,12 @@ async def test_an_unreachable_target_database_exits_2(
     assert await stream_messages(js) == 0
 
 
+def test_without_a_key_it_says_where_one_comes_from(tmp_path: Path) -> None:
+    result = opsctl("cmd", "db.report", "--workdir", str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no signing key" in result.stderr and "opsctl keys new" in result.stderr
+
+
 def test_nats_unreachable_exits_4(signing_key: tuple[Path, Keyring]) -> None:
     key, _ = signing_key
     url = f"nats://127.0.0.1:{free_port()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -201,6 +202,22 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     assert status.returncode == 0, stdout.decode()
     assert "postgres:responseTime" in stdout.decode()
     assert "/super-admin/status: HTTP" not in stdout.decode()  # the local token was used
+
+    # ... and a signing key: a maintenance command runs with no flag, no env (NATS and the
+    # database of the running stack come from its state.json).
+    key_file = up.workdir / "keys" / "local.pem"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert "BEGIN PRIVATE KEY" not in (up.workdir / "keyring.toml").read_text()
+    report = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "opsctl", "cmd", "db.report", "--workdir", str(up.workdir),
+          "--timeout", "60"],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=up.env,
+    )
+    out, err = await report.communicate()
+    assert report.returncode == 0, (out + err).decode()
+    assert json.loads(out)["database"]["size_bytes"] > 0
 
     children = up.descendants()
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
