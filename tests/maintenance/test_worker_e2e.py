@@ -228,3 +228,25 @@ async def test_without_a_keyring_the_worker_runs_and_rejects_every_command(
         assert proc.log_path.read_text().count("keyring.unavailable") == 1
     finally:
         proc.stop()
+
+
+async def test_a_graceful_stop_fails_the_running_job_with_the_reason(
+    worker_env: dict[str, str], logdir: Path, servers: Servers, worker_db: str, signer: Signer
+) -> None:
+    conn = await asyncpg.connect(worker_db)
+    await conn.execute("CREATE TABLE busy (id int)")
+    await conn.close()
+    holder = await _hold_lock(worker_db, "busy")
+    proc = ServiceProcess("maintenance", worker_env, logdir).start(wait="/readyz")
+    try:
+        job_id = await send(servers.nats.url, "db.vacuum",
+                            signer.sign("db.vacuum", {"tables": ["busy"]}))
+        await _wait_message(worker_db, job_id, "vacuuming public.busy")
+        proc.stop()  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal
+        row = await wait_job(worker_db, job_id, timeout_s=5)
+        assert (row["state"], row["error"]) == ("failed", "worker shut down while running")
+        events = await job_events(servers.nats.url, job_id, wait_for={"failed"})
+        assert events[-1].error == "worker shut down while running"
+    finally:
+        proc.stop()
+        await holder.close()
