@@ -1,8 +1,10 @@
 """The HTTP gateway: serves health and status to orchestrators, operators and scrapers.
 
-Subscribes: KV ``ops_status`` (watch; every key, into ``ViewCache``).
+Subscribes: KV ``ops_status`` (watch; every key, into ``ViewCache``); ``ops.jobs.*`` (the
+latest event of every job, into ``JobIndex``).
 Publishes: ``ops.heartbeat.gateway.<instance>``.
-State: the latest views in memory; stateless otherwise, so any number of replicas can run.
+State: the latest views and job states in memory; stateless otherwise, so any number of
+replicas can run.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from fastapi import FastAPI
 
 from shared import VERSION, ServiceRuntime, Settings, make_broker
 
-from . import routes_metrics, routes_probes, routes_status
+from . import routes_jobs, routes_metrics, routes_probes, routes_status
 from .auth import AuthStore
 from .cache import ViewCache
 from .fast_health import HealthFastPath, HealthRenderer
+from .jobs import JobIndex
 
 SERVICE = "gateway"
 
@@ -32,6 +35,7 @@ class Gateway:
     runtime: ServiceRuntime
     cache: ViewCache = field(default_factory=ViewCache)
     auth: AuthStore = field(default_factory=lambda: AuthStore(None))
+    jobs: JobIndex = field(default_factory=JobIndex)
     health: HealthRenderer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,12 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.runtime.start()
-        watch = asyncio.create_task(gateway.cache.watch(gateway.runtime.status_bucket))
+        watches = [
+            asyncio.create_task(gateway.cache.watch(gateway.runtime.status_bucket)),
+            asyncio.create_task(gateway.jobs.watch(lambda: gateway.runtime.client)),
+        ]
         try:
             yield
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            for watch in watches:
+                watch.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
             await gateway.runtime.stop()
 
     app = FastAPI(
@@ -69,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_probes.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_status.router)
+    app.include_router(routes_jobs.router)
     # /api/health answered before routing, from pre-rendered bytes (bench/gateway).
     app.add_middleware(HealthFastPath, renderer=gateway.health)
     return app

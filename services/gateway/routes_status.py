@@ -37,7 +37,11 @@ AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
 
 def current_report(request: Request) -> StatusReport:
     gateway = request.app.state.gateway
-    return status_report(gateway.cache.system, gateway.cache.age_s(), gateway.settings.deployment)
+    report = status_report(gateway.cache.system, gateway.cache.age_s(), gateway.settings.deployment)
+    recent = gateway.jobs.query(limit=20)
+    if recent:  # the job index sees every job event; the view carries none of its own
+        report.jobs = recent
+    return report
 
 
 def wants_html(request: Request) -> bool:
