@@ -21,7 +21,7 @@ Status = Literal["running", "succeeded", "failed", "pruned"]
 VerifyStatus = Literal["passed", "failed", "error"]
 _COLUMNS = (
     "job_id, key, database, status, started_at, finished_at, size_bytes, sha256, label, "
-    "manifest, error, verified_at, verify_status, pruned_at"
+    "manifest, error, verified_at, verify_status, verify_error, pruned_at"
 )
 
 
@@ -40,6 +40,7 @@ class CatalogEntry:
     error: str | None
     verified_at: datetime | None
     verify_status: VerifyStatus | None
+    verify_error: str | None
     pruned_at: datetime | None
 
     @classmethod

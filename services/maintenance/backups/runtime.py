@@ -58,16 +58,16 @@ class Reporter:
         self._callback = callback
         self._unit = unit
         self._every_s = every_s
-        self._last = 0.0
+        self._last: float | None = None
 
     async def throttled(self, done: int, total: int | None, message: str) -> None:
         """Report at most once every ``every_s`` seconds (for per-chunk call sites)."""
         now = time.monotonic()
-        if now - self._last >= self._every_s:
+        if self._last is None or now - self._last >= self._every_s:
+            self._last = now
             await self(done, total, message)
 
     async def __call__(self, done: int, total: int | None, message: str) -> None:
-        self._last = time.monotonic()
         progress = Progress(done=max(0, done), total=total, unit=self._unit)
         try:
             await self._callback(progress, message)

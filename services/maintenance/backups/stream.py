@@ -58,7 +58,8 @@ async def read_object(
     size = 0
     with s3_boundary(bucket, key):
         response = await s3.get_object(Bucket=bucket, Key=key)
-        async with response["Body"] as body:
+        body = response["Body"]  # aiobotocore's StreamingBody: read(n) streams
+        async with body:  # releases the connection, also on error
             while chunk := await body.read(READ_SIZE):
                 digest.update(chunk)
                 size += len(chunk)
