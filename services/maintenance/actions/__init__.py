@@ -9,6 +9,7 @@ with its message.
 
 from __future__ import annotations
 
+from .backup import backup_create, backup_prune, backup_restore, backup_verify, take_backup
 from .context import ActionContext, ActionFailed, ActionHandler, JobCancelled
 from .db_report import db_report
 from .db_vacuum import db_vacuum
@@ -22,6 +23,10 @@ CONTROL_ACTIONS = frozenset({"job.cancel"})
 def default_handlers() -> dict[str, ActionHandler]:
     """The handlers this worker ships (backup.*, backfill.*, purge.* are wired as they land)."""
     return {
+        "backup.create": backup_create,
+        "backup.verify": backup_verify,
+        "backup.prune": backup_prune,
+        "backup.restore": backup_restore,
         "db.report": db_report,
         "db.vacuum": db_vacuum,
         "job.cancel": job_cancel,
@@ -34,8 +39,13 @@ __all__ = [
     "ActionFailed",
     "ActionHandler",
     "JobCancelled",
+    "backup_create",
+    "backup_prune",
+    "backup_restore",
+    "backup_verify",
     "db_report",
     "db_vacuum",
     "default_handlers",
     "job_cancel",
+    "take_backup",
 ]
