@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus exposition of the views plus this process's own metrics."""
+"""``GET /metrics``: Prometheus exposition of the views and jobs plus this process's own metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .exposition import ViewCollector
+from .job_metrics import JobCollector
 
 router = APIRouter()
 
@@ -38,5 +39,6 @@ async def metrics(request: Request) -> Response:
         settings = state.exposition_settings = ExpositionSettings()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ViewCollector(state.gateway.cache, top_tenants=settings.top_tenants))
+    registry.register(JobCollector(state.gateway.jobs))
     registry.register(_ProcessMetrics())
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

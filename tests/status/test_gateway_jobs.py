@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -9,7 +10,8 @@ from datetime import timedelta
 import nats
 import pytest
 
-from shared import JobEvent, Progress, Status, ensure_jetstream, subjects, utcnow
+from shared import ACTIONS, JobEvent, Progress, Status, ensure_jetstream, subjects, utcnow
+from tests.conftest import require_tool
 from tests.harness import Servers, ServiceProcess, eventually
 from tests.status.conftest import purge_views
 from tests.status.test_gateway_api import ACME, ADMIN, auth_toml, bearer
@@ -148,3 +150,20 @@ async def test_the_status_report_lists_recent_jobs(
     ids = await eventually(listed, timeout_s=10, message="recent jobs on the status report")
     assert len(ids) <= 20
 
+
+
+async def test_jobs_on_metrics_pass_promtool(gateway: ServiceProcess) -> None:
+    promtool = require_tool("promtool", "prometheus")
+    await eventually(lambda: EARLY in jobs(gateway), timeout_s=10, message="early job")
+    body = gateway.get("/metrics").text
+    check = subprocess.run([promtool, "check", "metrics"], input=body.encode(),
+                           capture_output=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in body.splitlines() if line.startswith("opsplane_job")}
+    assert samples['opsplane_jobs{action="db.report",state="succeeded"}'] >= 1
+    assert samples['opsplane_jobs{action="backup.create",state="failed"}'] >= 1
+    last = samples['opsplane_job_last_success_timestamp_seconds{action="db.report"}']
+    assert last >= (T0 + timedelta(minutes=2)).timestamp()
+    labels = {k.split('action="', 1)[1].split('"', 1)[0] for k in samples if 'action="' in k}
+    assert labels <= {*ACTIONS, "other"}  # bounded, whatever lands on ops.jobs.*
