@@ -8,6 +8,9 @@ commands as ``rejected`` with the reason. ``ops.heartbeat.maintenance.<instance>
 State: schema ``ops`` (migrated at start-up, advisory-locked): ``ops.jobs``,
 ``ops.command_audit`` (append-only), ``ops.command_replay``. Any number of replicas: a job is
 claimed by one conditional UPDATE; destructive jobs share one advisory lock.
+Scheduler: the entries of ``OPS_SCHEDULE`` (or the built-in defaults) run as jobs, each fire
+once across every replica (docs/schedule.md); a bad schedule file runs nothing on a clock but
+never stops the worker from serving signed commands.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import Field
 from shared import (
     ACTIONS,
     DESTRUCTIVE_ACTIONS,
+    ConfigError,
     OpsplaneError,
     ServiceRuntime,
     Settings,
@@ -32,6 +36,7 @@ from shared import (
     get_logger,
     make_broker,
     migrate,
+    utcnow,
 )
 
 from .actions import CONTROL_ACTIONS, ActionHandler, default_handlers
@@ -40,6 +45,8 @@ from .intake import Intake, fetch_identity
 from .jobs import JobStore, js_publisher
 from .keys import KeyringSource
 from .runner import Runner, RunnerConfig
+from .schedule_config import Schedule, load_schedule
+from .scheduler import CONFIG_VALID, ENTRIES, Clock, CronScheduler, Sleep
 
 SERVICE = "maintenance"
 log = get_logger(__name__)
@@ -67,6 +74,19 @@ class Worker:
     runner: Runner | None = None
     intake: Intake | None = None
     db_problem: str = "starting"
+    schedule: Schedule | None = None  # None: the schedule file is invalid (schedule_problem)
+    schedule_problem: str = ""
+    scheduler: CronScheduler | None = None
+    clock: Clock = utcnow
+    sleep: Sleep = asyncio.sleep
+
+    def guards(self) -> dict[str, bool]:
+        s = self.settings
+        return {
+            "purge_app_data_allowed": s.purge_app_data_allowed,
+            "backup_restore_allowed": s.backup_restore_allowed,
+            "backfill_tenant_ids_allowed": s.backfill_tenant_ids_allowed,
+        }
 
     @asynccontextmanager
     async def dedicated(self) -> AsyncIterator[asyncpg.Connection]:
@@ -119,12 +139,7 @@ class Worker:
         )
         self.intake = Intake(
             pool, self.store, self.runner, self.keys, audience=s.deployment,
-            guards={
-                "purge_app_data_allowed": s.purge_app_data_allowed,
-                "backup_restore_allowed": s.backup_restore_allowed,
-                "backfill_tenant_ids_allowed": s.backfill_tenant_ids_allowed,
-            },
-            worker=s.instance, identity=identity,
+            guards=self.guards(), worker=s.instance, identity=identity,
         )
         await self.runner.recover()
 
@@ -144,6 +159,52 @@ class Worker:
             await intake.purge_replay_store()
 
         await self.runner.lease_loop(housekeeping)
+
+    def load_schedule(self) -> None:
+        """Read ``OPS_SCHEDULE`` (or the defaults); a bad file is logged loudly and disables
+        the scheduler only."""
+        try:
+            self.schedule = load_schedule(self.settings.schedule_path)
+            self.schedule_problem = ""
+            CONFIG_VALID.set(1)
+            ENTRIES.set(len(self.schedule.enabled))
+            log.info("schedule.loaded", source=self.schedule.source,
+                     entries=[j.name for j in self.schedule.enabled],
+                     disabled=[j.name for j in self.schedule.jobs if not j.enabled])
+        except ConfigError as exc:
+            self.schedule, self.schedule_problem = None, str(exc)
+            CONFIG_VALID.set(0)
+            ENTRIES.set(0)
+            log.error("schedule.invalid", problem=str(exc),
+                      effect="no scheduled job runs; signed commands are still served")
+
+    async def run_schedule(self) -> None:
+        """The scheduler, once the database half is up (cancelled on shutdown)."""
+        await self.ready.wait()
+        if self.schedule is None:
+            return
+        assert self.pool is not None and self.store is not None and self.runner is not None
+        runner = self.runner
+        for job in self.schedule.enabled:
+            if not runner.supports(job.action):
+                log.warning("schedule.action_not_supported", name=job.name, action=job.action,
+                            effect="its runs are recorded rejected (not_supported)")
+        self.scheduler = CronScheduler(
+            self.schedule, pool=self.pool, store=self.store, runner=runner,
+            worker=self.settings.instance, guards=self.guards(), clock=self.clock,
+            sleep=self.sleep,
+        )
+        await self.scheduler.run()
+
+    async def schedule_status(self) -> tuple[bool, str]:
+        # Informational: a bad schedule never takes the worker out of service.
+        if self.schedule is None:
+            return True, (f"invalid ({self.schedule_problem}); no scheduled job runs, "
+                          "signed commands are served")
+        if self.scheduler is None:
+            jobs = self.schedule.enabled
+            return True, f"{len(jobs)} entr{'y' if len(jobs) == 1 else 'ies'}, starting"
+        return True, self.scheduler.status()
 
     async def database_ready(self) -> tuple[bool, str]:
         if self.pool is None or not self.ready.is_set():
@@ -173,13 +234,18 @@ class Worker:
 
 
 def build(settings: MaintenanceSettings | None = None,
-          handlers: dict[str, ActionHandler] | None = None) -> Worker:
+          handlers: dict[str, ActionHandler] | None = None, *,
+          clock: Clock | None = None, sleep: Sleep | None = None) -> Worker:
+    """The worker, wired; ``clock`` (aware UTC ``datetime``) and ``sleep`` drive the scheduler
+    (tests pass fakes)."""
     settings = settings if isinstance(settings, MaintenanceSettings) else MaintenanceSettings()
     register_consumer()
     broker = make_broker(settings, service=SERVICE)
     runtime = ServiceRuntime(SERVICE, settings, broker)
     keys = KeyringSource(settings.keyring_path)
-    worker = Worker(settings, runtime, keys, handlers or default_handlers())
+    worker = Worker(settings, runtime, keys, handlers or default_handlers(),
+                    clock=clock or utcnow, sleep=sleep or asyncio.sleep)
+    worker.load_schedule()
 
     async def announce_keyring() -> None:
         keys.current()  # logs loudly, once, when there is no usable keyring
@@ -188,8 +254,10 @@ def build(settings: MaintenanceSettings | None = None,
     runtime.add_task("database", worker.start_database)
     runtime.add_task("commands", worker.consume)
     runtime.add_task("leases", worker.leases)
+    runtime.add_task("schedule", worker.run_schedule)
     runtime.add_readiness_check("database", worker.database_ready)
     runtime.add_readiness_check("keyring", worker.keyring_status)
+    runtime.add_readiness_check("schedule", worker.schedule_status)
     runtime.on_shutdown(worker.close)
     return worker
 
