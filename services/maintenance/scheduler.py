@@ -186,8 +186,14 @@ class CronScheduler:
         )
         decided = {r["name"]: r["last"] for r in rows}
         for job in self.schedule.enabled:
-            origin = decided.get(job.name) or now - self._lookback(job)
-            self.pending[job.name] = job.next_fire(origin)
+            last = decided.get(job.name)
+            if last is not None:
+                pending = job.next_fire(last)
+            else:  # never decided: only fires still within the grace are candidates
+                pending = job.next_fire(now - self._lookback(job))
+                while (now - job.run_at(pending)).total_seconds() > job.misfire_grace_s:
+                    pending = job.next_fire(pending)
+            self.pending[job.name] = pending
             self._show_next(job)
             log.info("schedule.entry", name=job.name, action=job.action, cron=job.cron,
                      timezone=job.timezone, next_run=fire_key(job.run_at(self.pending[job.name])))
@@ -365,7 +371,7 @@ class CronScheduler:
 
     @staticmethod
     def _lookback(job: ScheduledJob) -> timedelta:
-        return timedelta(seconds=job.misfire_grace_s + job.jitter_s + 1)
+        return timedelta(seconds=job.misfire_grace_s + job.jitter_s)
 
     # ---- driver boundary ---------------------------------------------------------------------
 
