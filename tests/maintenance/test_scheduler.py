@@ -21,6 +21,7 @@ from services.maintenance.runner import Runner, RunnerConfig
 from services.maintenance.schedule_config import Schedule, parse_schedule, scheduled_job_id
 from services.maintenance.scheduler import CronScheduler, Decision
 from shared import ACTIONS, DESTRUCTIVE_ACTIONS, connect
+from tests.harness import eventually
 
 from .conftest import FakePublisher, audit_rows, job_row, wait_job
 
@@ -36,12 +37,14 @@ class FakeClock:
         self.now = now
         self._moved = asyncio.Condition()
         self.sleeping = 0
+        self.naps = 0  # sleeps begun: a new one means the work before it is done
 
     def __call__(self) -> datetime:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         until = self.now + timedelta(seconds=seconds)
+        self.naps += 1
         await asyncio.sleep(0)
         async with self._moved:
             self.sleeping += 1
@@ -339,3 +342,73 @@ async def test_an_action_this_worker_cannot_run_is_recorded_rejected_not_dropped
         [again] = await r.tick_at(utc(2026, 3, 2, 2, 0, 1))
         assert again.outcome == "rejected"
         assert r.scheduler.last["nightly-backup"][0] == "rejected"
+
+
+class FlakyPool:
+    """A real pool that can be made to fail like an unreachable database."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.broken = False
+
+    def _check(self) -> None:
+        if self.broken:
+            raise ConnectionRefusedError("database away")
+
+    def acquire(self) -> Any:
+        self._check()
+        return self.pool.acquire()
+
+    async def fetch(self, *args: Any) -> Any:
+        self._check()
+        return await self.pool.fetch(*args)
+
+    async def fetchval(self, *args: Any) -> Any:
+        self._check()
+        return await self.pool.fetchval(*args)
+
+    async def execute(self, *args: Any) -> Any:
+        self._check()
+        return await self.pool.execute(*args)
+
+
+async def test_the_loop_retries_a_fire_through_a_database_outage_within_the_grace(
+    worker_db: str,
+) -> None:
+    real = await asyncpg.create_pool(worker_db, min_size=1, max_size=2)
+    pool, holder = FlakyPool(real), Holder()
+    clock = FakeClock(utc(2026, 3, 1, 1, 59))
+    scheduler = CronScheduler(schedule("0 2 * * *", misfire_grace_s=300), pool=pool,  # type: ignore[arg-type]
+                              store=JobStore(real, FakePublisher(), worker="w-1"),
+                              runner=holder, worker="w-1", clock=clock, sleep=clock.sleep)
+    loop = asyncio.create_task(scheduler.run())
+
+    async def wake_at(when: datetime) -> None:
+        naps = clock.naps
+        await clock.set(when)
+        await eventually(lambda: clock.naps > naps and clock.sleeping, timeout_s=10,
+                         message="the loop done and asleep again")
+
+    try:
+        await eventually(lambda: clock.sleeping, timeout_s=10, message="the loop started")
+        pool.broken = True
+        await wake_at(utc(2026, 3, 1, 2))
+        await wake_at(utc(2026, 3, 1, 2, 0, 5))  # retried after retry_s: still away
+        assert holder.submitted == [] and scheduler.pending["report"] == utc(2026, 3, 1, 2)
+        pool.broken = False
+        await wake_at(utc(2026, 3, 1, 2, 0, 10))
+        assert holder.submitted == [scheduled_job_id("report", utc(2026, 3, 1, 2))]
+        # Away again over the next fire, back after the grace: skipped, never run late.
+        await wake_at(utc(2026, 3, 2, 1, 59, 50))
+        pool.broken = True
+        await wake_at(utc(2026, 3, 2, 2))
+        pool.broken = False
+        await wake_at(utc(2026, 3, 2, 2, 6))
+        assert len(holder.submitted) == 1
+        assert [(f["fire_time"], f["outcome"]) for f in await fires(worker_db)] == [
+            (utc(2026, 3, 1, 2), "queued"), (utc(2026, 3, 2, 2), "skipped_misfire")]
+        assert scheduler.pending["report"] == utc(2026, 3, 3, 2)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await real.close()

@@ -59,6 +59,7 @@ async def test_a_scheduled_db_report_runs_in_the_worker_and_publishes_its_events
     assert sample("opsplane_schedule_next_run_timestamp_seconds",
                   name="report") == utc(2026, 3, 1, 2).timestamp()
 
+    naps = clock.naps
     await clock.set(utc(2026, 3, 1, 2, 0, 0))
     job_id = scheduled_job_id("report", utc(2026, 3, 1, 2))
     events = await job_events(servers.nats.url, job_id, wait_for={"succeeded", "failed"})
@@ -72,7 +73,8 @@ async def test_a_scheduled_db_report_runs_in_the_worker_and_publishes_its_events
                   name="report") == utc(2026, 3, 2, 2).timestamp()
 
     # The next wake-up (at most 30 s of schedule later) reads the outcome into the gauges.
-    await eventually(lambda: clock.sleeping, timeout_s=10, message="the scheduler asleep")
+    await eventually(lambda: clock.naps > naps and clock.sleeping, timeout_s=10,
+                     message="the scheduler asleep after the fire")
     await clock.set(clock.now + timedelta(seconds=30))
     await eventually(
         lambda: sample("opsplane_schedule_last_run_timestamp_seconds", name="report",
