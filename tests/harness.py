@@ -37,6 +37,14 @@ def runtime_dir() -> str:
     return path
 
 
+def no_schedule() -> str:
+    """An ``OPS_SCHEDULE`` with no entries: a worker under test runs only what the test sends,
+    never a built-in nightly backup because the suite happens to run at 02:00 UTC."""
+    path = Path(tempfile.mkdtemp(prefix="opsplane-schedule-")) / "schedule.toml"
+    path.write_text("jobs = []\n")
+    return str(path)
+
+
 def wait_until(
     predicate: Callable[[], Any],
     *,
@@ -117,6 +125,7 @@ class Servers:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": "us-east-1",
+            "OPS_SCHEDULE": no_schedule(),
         }
         env.update(extra)
         return env

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from opsctl._procs import free_port, spawn, stop
-from tests.harness import REPO, runtime_dir, wait_until
+from tests.harness import REPO, no_schedule, runtime_dir, wait_until
 
 # Variables that would make `up` use external servers (tests want it to embed its own).
 _EXTERNAL = ("NATS_URL", "DATABASE_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "WS_URL")
@@ -31,7 +31,8 @@ def clean_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in _EXTERNAL and not k.startswith(("OPS_", "AWS_", "DEMO_"))
     }
-    env.update(XDG_RUNTIME_DIR=runtime_dir(), COLUMNS="200", OPS_GATEWAY_PORT=str(free_port()))
+    env.update(XDG_RUNTIME_DIR=runtime_dir(), COLUMNS="200", OPS_GATEWAY_PORT=str(free_port()),
+               OPS_SCHEDULE=no_schedule())
     env.update(extra)
     return env
 
