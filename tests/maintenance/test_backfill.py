@@ -247,7 +247,7 @@ async def test_lock_retries_are_bounded_and_fail_clearly(demo_db: str) -> None: 
     try:
         bounded = {"tenancy_config": replace(FAST, max_attempts=3)}
         async with context(demo_db, ACTION, extras=bounded) as ctx:
-            with pytest.raises(ActionFailed, match="still blocked .* after 3 attempts"):
+            with pytest.raises(ActionFailed, match=r"still blocked .* after 3 attempts"):
                 await backfill_tenant_ids(ctx, BackfillTenantIds())
     finally:
         await tx.rollback()

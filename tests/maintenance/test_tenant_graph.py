@@ -80,7 +80,7 @@ def test_sources_order_and_scope_multi_hop() -> None:
 
 def test_a_backfill_cycle_between_tables_is_refused() -> None:
     g = graph({"a": True, "b": True}, [("a", "b", ("b_id",)), ("b", "a", ("a_id",))])
-    with pytest.raises(GraphCycle, match="public.a, public.b"):
+    with pytest.raises(GraphCycle, match=r"public\.a, public\.b"):
         g.backfill_order()
 
 

@@ -9,11 +9,13 @@ with its message.
 
 from __future__ import annotations
 
+from .backfill import backfill_tenant_ids
 from .backup import backup_create, backup_prune, backup_restore, backup_verify, take_backup
 from .context import ActionContext, ActionFailed, ActionHandler, JobCancelled
 from .db_report import db_report
 from .db_vacuum import db_vacuum
 from .job_cancel import job_cancel
+from .purge import purge_app_data, purge_with_backup
 
 # Control actions run at once, outside the concurrency limit (a cancel must never wait behind
 # the jobs it is meant to stop).
@@ -27,6 +29,9 @@ def default_handlers() -> dict[str, ActionHandler]:
         "backup.verify": backup_verify,
         "backup.prune": backup_prune,
         "backup.restore": backup_restore,
+        "backfill.tenant_ids": backfill_tenant_ids,
+        # A purge takes a backup (backup.create's engine) first; refuses if it fails.
+        "purge.app_data": purge_with_backup(take_backup),
         "db.report": db_report,
         "db.vacuum": db_vacuum,
         "job.cancel": job_cancel,
@@ -39,6 +44,7 @@ __all__ = [
     "ActionFailed",
     "ActionHandler",
     "JobCancelled",
+    "backfill_tenant_ids",
     "backup_create",
     "backup_prune",
     "backup_restore",
@@ -47,5 +53,7 @@ __all__ = [
     "db_vacuum",
     "default_handlers",
     "job_cancel",
+    "purge_app_data",
+    "purge_with_backup",
     "take_backup",
 ]

@@ -19,12 +19,19 @@ from shared import BackfillTenantIds, Progress
 
 from ..tenancy import backfill
 from ..tenancy.batches import config_of, destructive_lock
-from ..tenancy.graph import GraphError, read_graph
+from ..tenancy.graph import GraphError, TenancyError, read_graph
 from .context import ActionContext, ActionFailed
 
 
 async def backfill_tenant_ids(ctx: ActionContext, params: BaseModel) -> dict[str, Any]:
     assert isinstance(params, BackfillTenantIds)
+    try:
+        return await _backfill(ctx, params)
+    except TenancyError as exc:
+        raise ActionFailed(str(exc)) from exc
+
+
+async def _backfill(ctx: ActionContext, params: BackfillTenantIds) -> dict[str, Any]:
     dry, batch_size = params.dry_run, params.batch_size
     config = config_of(ctx)
     started = time.monotonic()

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from ..actions.context import ActionContext
 from .batches import BatchConfig, in_batch, key_after, key_columns, key_text, pause, progress
 from .graph import ForeignKey, TenantGraph, quote_ident
+
+if TYPE_CHECKING:
+    from ..actions.context import ActionContext
 
 
 @dataclass

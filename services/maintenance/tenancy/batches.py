@@ -7,14 +7,16 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from shared import DESTRUCTIVE_ACTIONS, Progress, get_logger
 
-from ..actions.context import ActionContext, ActionFailed
-from .graph import Table, quote_ident
+from .graph import Table, TenancyError, quote_ident
+
+if TYPE_CHECKING:
+    from ..actions.context import ActionContext
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -101,7 +103,7 @@ async def in_batch(
         except RETRYABLE as exc:
             attempt += 1
             if attempt >= config.max_attempts:
-                raise ActionFailed(
+                raise TenancyError(
                     f"{what}: still blocked by other transactions after {attempt} attempts "
                     f"({type(exc).__name__}); nothing of this batch was written — find the "
                     "blocking sessions (db.report) and re-run"

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from shared import OpsplaneError
+
 TENANT_COLUMN = "tenant_id"
 EXCLUDED_SCHEMAS = frozenset({"ops", "pg_catalog", "information_schema"})
 # Migration bookkeeping of the usual tools (Rails, Django, Knex, Prisma, Drizzle, goose, Alembic,
@@ -35,7 +37,11 @@ _MIGRATION_TABLE = re.compile(
 )
 
 
-class GraphError(Exception):
+class TenancyError(OpsplaneError):
+    """A tenant-data job cannot go on; the job fails with this message."""
+
+
+class GraphError(TenancyError):
     """The catalog describes something the tenant tools cannot work with."""
 
 

@@ -15,14 +15,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from ..actions.context import ActionContext, ActionFailed
 from .batches import BatchConfig, count_of, in_batch, key_after, key_columns, key_text, pause
 from .batches import progress as rows_progress
-from .graph import TenantGraph, quote_ident
+from .graph import TenancyError, TenantGraph, quote_ident
+
+if TYPE_CHECKING:
+    from ..actions.context import ActionContext
 
 PASSES = 3
 
@@ -154,7 +156,7 @@ async def delete_tenant(ctx: ActionContext, conn: asyncpg.Connection, graph: Ten
             return deleted
         await ctx.progress(ctx.last_progress,
                            f"pass {attempt}: rows arrived meanwhile ({blocked or left}); again")
-    raise ActionFailed(
+    raise TenancyError(
         f"tenant {tenant}: rows kept arriving while purging (the app is still writing for it): "
         f"deleted so far {deleted}; stop the tenant's writes and re-run the purge"
     )
