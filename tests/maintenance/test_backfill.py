@@ -282,3 +282,20 @@ async def test_without_tenant_tables_the_job_fails_clearly(demo_db: str) -> None
 def test_children_with_nulls_constant_matches_the_seed() -> None:
     assert set(CHILDREN_WITH_NULLS) <= {"project_members", "time_entries",
                                         "time_entry_comments"}
+
+
+async def test_a_table_without_a_primary_key_is_skipped_and_said_so(
+    demo_db: str,  # noqa: F811
+) -> None:
+    conn = await asyncpg.connect(demo_db)
+    await conn.execute("CREATE TABLE notes (tenant_id text, project_id bigint REFERENCES "
+                       "projects (id)); INSERT INTO notes VALUES (NULL, 101), (NULL, 201)")
+    await conn.close()
+    dry = await run(demo_db, dry_run=True)
+    assert dry["tables"]["public.notes"]["null_rows"] == 2
+    assert dry["tables"]["public.notes"]["would_set"] == 0
+    assert "no primary key" in dry["tables"]["public.notes"]["skipped"]
+    result = await run(demo_db)
+    assert result["tables"]["public.notes"] == {
+        "skipped": dry["tables"]["public.notes"]["skipped"], "null_rows": 2}
+    assert result["tables"]["public.time_entries"]["remaining_null"] == 0

@@ -5,6 +5,7 @@ backup that must come first."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,7 @@ from tests.harness import eventually
 
 from .test_tenant_graph_support import (
     APP_TABLES,
+    FAST,
     Recorder,
     context,
     counts,
@@ -242,11 +244,7 @@ async def test_a_locked_row_makes_the_delete_retry_until_released(
 async def test_cancel_stops_between_batches_and_keeps_the_rest(
     demo_db: str,  # noqa: F811
 ) -> None:
-    from dataclasses import replace
-
     from services.maintenance.actions import JobCancelled
-
-    from .test_tenant_graph_support import FAST
 
     before = await counts(demo_db)
     recorder = Recorder()
@@ -265,3 +263,45 @@ async def test_cancel_stops_between_batches_and_keeps_the_rest(
     assert after["time_entry_comments"] == before["time_entry_comments"] - 3
     assert {t: after[t] for t in APP_TABLES if t != "time_entry_comments"} == \
         {t: before[t] for t in APP_TABLES if t != "time_entry_comments"}
+
+
+async def test_tables_without_a_key_and_self_references_are_purged_too(
+    demo_db: str,  # noqa: F811
+) -> None:
+    conn = await asyncpg.connect(demo_db)
+    try:
+        await conn.execute("""
+            CREATE TABLE notes (tenant_id text REFERENCES tenants (id), body text);
+            INSERT INTO notes SELECT t, 'n' || g FROM unnest(ARRAY['acme', 'globex']) t,
+                generate_series(1, 7) g;
+            CREATE TABLE threads (id bigint PRIMARY KEY, tenant_id text,
+                                  parent_id bigint REFERENCES threads (id));
+            INSERT INTO threads VALUES (1, 'acme', NULL), (2, 'acme', 1), (3, NULL, 2),
+                                       (4, 'globex', NULL);
+        """)
+    finally:
+        await conn.close()
+    tiny = {"backup": Backups(demo_db), "tenancy_config": replace(FAST, purge_batch_size=3)}
+    async with context(demo_db, ACTION, extras=tiny) as ctx:
+        result = await purge_app_data(ctx, PurgeAppData(scope="tenant", tenant_id="acme",
+                                                        confirm="acme"))
+    assert result["deleted"]["public.notes"] == 7
+    # Row 3 lacks tenant_id but its parent is acme's row 2; self-references go in one statement.
+    assert result["deleted"]["public.threads"] == 3
+    conn = await asyncpg.connect(demo_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM notes WHERE tenant_id = 'globex'") == 7
+        assert await conn.fetch("SELECT id FROM threads") == [(4,)]
+    finally:
+        await conn.close()
+
+
+async def test_an_unknown_tenant_deletes_nothing_and_takes_no_backup(
+    demo_db: str,  # noqa: F811
+) -> None:
+    before = await counts(demo_db)
+    backups = Backups(demo_db)
+    result = await purge(demo_db, backups, scope="tenant", tenant_id="nobody",
+                         confirm="nobody")
+    assert result["total"] == 0 and backups.labels == [] and "backup_key" not in result
+    assert await counts(demo_db) == before

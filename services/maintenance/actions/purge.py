@@ -4,10 +4,10 @@
 tenant's rows children first through the foreign-key graph (``tenancy.purge``). Guards, confirm
 and the target claim are checked at intake; the runner holds the destructive-job lock.
 
-A dry run counts per table what would go; nothing is deleted and no backup is taken. A real
-purge first calls the backup callable ``ctx.extras["backup"]`` (``async (ctx, label) ->
-{"key": ..., ...}``): when there is none, it raises, or it returns no key, the purge refuses
-and nothing is deleted.
+A dry run counts per table what would go; nothing is deleted and no backup is taken (nor when
+there is nothing to delete). A real purge first calls the backup callable
+``ctx.extras["backup"]`` (``async (ctx, label) -> {"key": ..., ...}``): when there is none, it
+raises, or it returns no key, the purge refuses and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -80,8 +80,10 @@ async def _purge(ctx: ActionContext, params: PurgeAppData) -> dict[str, Any]:
             counts = await purge.count_all(ctx, conn, graph, config)
         result["tables"] = counts
         result["total"] = sum(counts.values())
-        if dry:
+        if dry or not result["total"]:  # nothing to delete: no backup needed either
             result["duration_s"] = round(time.monotonic() - started, 3)
+            if not dry:
+                result["deleted"] = counts
             return result
         ctx.raise_if_cancelled()
         await ctx.progress(Progress(done=0, total=result["total"], unit="rows"),

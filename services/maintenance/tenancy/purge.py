@@ -8,9 +8,10 @@
   row that would block a parent's deletion goes first. Keyset batches on the primary key (or
   the physical row id for a table without one), each its own transaction with
   ``lock_timeout``, progress and cancel between batches. A table that references itself is
-  deleted in one statement (its rows may reference each other). If the app inserts a child
-  meanwhile, the parent's batch fails on the foreign key and the pass starts over, up to
-  ``PASSES`` times.
+  deleted in one statement: the tenant's rows and every row below them through the
+  self-reference (a recursive walk), since its rows may reference each other. If the app
+  inserts a child meanwhile, the parent's batch fails on the foreign key and the pass starts
+  over, up to ``PASSES`` times.
 """
 
 from __future__ import annotations
@@ -64,12 +65,30 @@ async def _count(ctx: ActionContext, conn: asyncpg.Connection, config: BatchConf
     return value
 
 
+def self_closure(graph: TenantGraph, name: str) -> str | None:
+    """For a table that references itself: a recursive CTE ``doomed (_r)`` of the physical row
+    ids of the tenant's rows and of every row below them through the self-references."""
+    selfs = [fk for fk in graph.parents_of(name) if fk.self_reference]
+    if not selfs:
+        return None
+    table = graph.table(name)
+    below = " OR ".join(f"({fk.join('c', 'p')})" for fk in selfs)
+    return (f"WITH RECURSIVE doomed (_r) AS (SELECT t.ctid FROM {table.sql} t "
+            f"WHERE {belongs_sql(graph, name, 't')} UNION SELECT c.ctid FROM doomed d "
+            f"JOIN {table.sql} p ON p.ctid = d._r JOIN {table.sql} c ON {below})")
+
+
+def count_sql(graph: TenantGraph, name: str) -> str:
+    closure = self_closure(graph, name)
+    if closure is not None:
+        return f"{closure} SELECT count(*) FROM doomed"
+    return f"SELECT count(*) FROM {graph.table(name).sql} t WHERE {belongs_sql(graph, name, 't')}"
+
+
 async def count_tenant(ctx: ActionContext, conn: asyncpg.Connection, graph: TenantGraph,
                        tenant: str, config: BatchConfig) -> dict[str, int]:
     """``{table: rows of the tenant}`` in deletion order (children first)."""
-    return {name: await _count(ctx, conn, config, name,
-                               f"SELECT count(*) FROM {graph.table(name).sql} t "
-                               f"WHERE {belongs_sql(graph, name, 't')}", tenant)
+    return {name: await _count(ctx, conn, config, name, count_sql(graph, name), tenant)
             for name in graph.purge_order()}
 
 
@@ -84,9 +103,12 @@ def delete_sql(graph: TenantGraph, name: str, resuming: bool, whole: bool) -> st
     """One batch of the tenant's rows of ``name``: ``$1`` tenant, then the key, then limit."""
     table = graph.table(name)
     cond = belongs_sql(graph, name, "t")
-    if whole:
-        return f"SELECT count(*) AS seen, count(*) AS deleted, NULL::text[] AS last_key " \
-               f"FROM (DELETE FROM {table.sql} t WHERE {cond} RETURNING 1) d"
+    closure = self_closure(graph, name) if whole else None
+    if closure is not None:  # rows may reference each other: all in one statement
+        return (f"{closure}, done AS (DELETE FROM {table.sql} t WHERE t.ctid IN "
+                "(SELECT _r FROM doomed) RETURNING 1) "
+                "SELECT count(*) AS seen, count(*) AS deleted, NULL::text[] AS last_key "
+                "FROM done")
     if not table.primary_key:  # physical row ids: a table without a key
         return f"""
 WITH batch AS (SELECT t.ctid AS _ops_row FROM {table.sql} t WHERE {cond} LIMIT $2),
