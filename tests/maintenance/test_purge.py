@@ -305,3 +305,28 @@ async def test_an_unknown_tenant_deletes_nothing_and_takes_no_backup(
                          confirm="nobody")
     assert result["total"] == 0 and backups.labels == [] and "backup_key" not in result
     assert await counts(demo_db) == before
+
+
+async def test_a_child_inserted_meanwhile_is_caught_by_another_pass(
+    demo_db: str,  # noqa: F811
+) -> None:
+    recorder = Recorder()
+    inserted: list[int] = []
+
+    async def app_writes(progress: Any, message: str) -> None:
+        if message.startswith("public.time_entry_comments:") and not inserted:
+            conn = await asyncpg.connect(demo_db)
+            try:  # the app comments on an acme entry after the comments were purged
+                inserted.append(await conn.fetchval(
+                    "INSERT INTO time_entry_comments (time_entry_id, tenant_id, body) "
+                    "VALUES (100101, 'acme', 'late') RETURNING id"))
+            finally:
+                await conn.close()
+
+    recorder.on_report = app_writes
+    result = await purge(demo_db, Backups(demo_db), recorder, scope="tenant", tenant_id="acme",
+                         confirm="acme")
+    assert inserted and any("pass 1: rows arrived meanwhile" in m for m in recorder.messages)
+    assert await tenant_counts(demo_db, "acme") == dict.fromkeys(APP_TABLES, 0)
+    assert result["deleted"]["public.time_entry_comments"] == \
+        result["tables"]["public.time_entry_comments"] + 1

@@ -122,8 +122,12 @@ async def test_the_demo_schema_graph_from_the_catalog(demo_db: str) -> None:  # 
         "public.projects", "public.users"}
     assert [fk.parent for fk in g.sources("public.time_entry_comments")] == [
         "public.time_entries"]
+    assert order == ["public.projects", "public.users", "public.project_members",
+                     "public.time_entries", "public.time_entry_comments"]  # as in the docs
     purge = g.purge_order()
-    assert purge[-1] == "public.tenants"
+    assert purge == ["public.time_entry_comments", "public.time_entries",
+                     "public.project_members", "public.users", "public.projects",
+                     "public.tenants"]
     assert purge.index("public.time_entry_comments") < purge.index("public.time_entries") < \
         purge.index("public.projects")
 
