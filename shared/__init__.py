@@ -30,7 +30,7 @@ from ._commands import (
     sign_command,
     verify_command,
 )
-from ._db import DRIVER_ERRORS, connect, create_pool, describe
+from ._db import DRIVER_ERRORS, connect, create_pool, database_errors, describe
 from ._dlq import DeadLetters, reason_of
 from ._errors import (
     BrokerError,
@@ -186,6 +186,7 @@ __all__ = [
     "connect_with_retry",
     "context_headers",
     "create_pool",
+    "database_errors",
     "describe",
     "effective_status",
     "ensure_jetstream",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,15 @@ def describe(exc: BaseException) -> str:
     """A one-line description of a driver error that never contains the DSN's password."""
     text = str(exc) or type(exc).__name__
     return scrub(f"{type(exc).__name__}: {text}")[:500]
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Driver errors raised inside the block become ``DatabaseError`` (our boundary)."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise DatabaseError(describe(exc)) from exc
 
 
 async def create_pool(

@@ -34,11 +34,10 @@ import asyncpg
 
 from shared import (
     ACTIONS,
-    DRIVER_ERRORS,
     CommandRejected,
     DatabaseError,
     VerifiedCommand,
-    describe,
+    database_errors,
     get_logger,
     verify_command,
 )
@@ -132,13 +131,11 @@ def _text(value: Any, limit: int = 200) -> str | None:
 
 
 async def fetch_identity(pool: asyncpg.Pool) -> DbIdentity:
-    try:
+    with database_errors():
         row = await pool.fetchrow(
             "SELECT (SELECT system_identifier::text FROM pg_control_system()) AS sysid, "
             "current_database() AS db"
         )
-    except DRIVER_ERRORS as exc:
-        raise DatabaseError(describe(exc)) from exc
     assert row is not None
     return DbIdentity(row["sysid"], row["db"])
 
@@ -236,7 +233,7 @@ class Intake:
         jti = command.jti if command else _text(claims.get("jti"), 64)
         record: JobRecord | None = None
         duplicate: JobRecord | None = None
-        try:
+        with database_errors():
             async with self.pool.acquire() as conn, conn.transaction():
                 if command is not None:
                     fresh = await conn.fetchval(
@@ -270,8 +267,6 @@ class Intake:
                         )
                         await self._audit(conn, msg, sha, jti, kid, issuer, action, "rejected",
                                           rejection.reason, record.job_id)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
 
         if duplicate is not None:
             log.info("command.duplicate", job_id=duplicate.job_id, stream_seq=msg.stream_seq,
@@ -365,10 +360,8 @@ class Intake:
 
     async def purge_replay_store(self) -> int:
         """Delete replay rows past their expiry (they can no longer verify anyway)."""
-        try:
+        with database_errors():
             status = await self.pool.execute(
                 "DELETE FROM ops.command_replay WHERE expires_at < now()"
             )
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
         return int(str(status).rsplit(" ", 1)[-1] or 0)

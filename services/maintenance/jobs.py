@@ -18,11 +18,10 @@ from typing import Any, Protocol
 import asyncpg
 
 from shared import (
-    DRIVER_ERRORS,
     DatabaseError,
     JobEvent,
     Progress,
-    describe,
+    database_errors,
     get_logger,
     subjects,
 )
@@ -283,19 +282,13 @@ class JobStore:
     # ---- driver boundary -------------------------------------------------------------------
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        try:
+        with database_errors():
             return await self.pool.fetchrow(sql, *args)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        try:
+        with database_errors():
             return list(await self.pool.fetch(sql, *args))
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
 
     async def _execute(self, sql: str, *args: Any) -> None:
-        try:
+        with database_errors():
             await self.pool.execute(sql, *args)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from shared import DRIVER_ERRORS, DatabaseError, describe, get_logger, utcnow
+from shared import DatabaseError, database_errors, get_logger, utcnow
 
 from . import metrics
 from .intake import GUARDS
@@ -290,7 +290,7 @@ class CronScheduler:
             {"schedule": job.name, "fire_time": fire_key(fire), "action": job.action,
              "params": params}, sort_keys=True).encode()).hexdigest()
         record: JobRecord | None = None
-        try:
+        with database_errors():
             async with self.pool.acquire() as conn, conn.transaction():
                 busy = await conn.fetchrow(_OVERLAP, job.name, job_id)
                 if busy is not None:
@@ -321,8 +321,6 @@ class CronScheduler:
                 record = JobRecord(job_id=job_id, action=job.action, state=state,
                                    params=params, message=message, error=error,
                                    result=result, issuer=job.issuer)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
         assert record is not None
         state = record.state
         metrics.JOBS.labels(action=job.action, state=state).inc()
@@ -376,19 +374,13 @@ class CronScheduler:
     # ---- driver boundary ---------------------------------------------------------------------
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        try:
+        with database_errors():
             return list(await self.pool.fetch(sql, *args))
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
 
     async def _execute(self, sql: str, *args: Any) -> None:
-        try:
+        with database_errors():
             await self.pool.execute(sql, *args)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
-        try:
+        with database_errors():
             return await self.pool.fetchval(sql, *args)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(describe(exc)) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from opsctl._procs import free_port
-from shared import DatabaseError, connect, create_pool
+from shared import DatabaseError, connect, create_pool, database_errors
 from tests.harness import Servers
 
 
@@ -33,3 +33,14 @@ async def test_query_errors_inside_a_connection_are_mapped(servers: Servers) -> 
     with pytest.raises(DatabaseError, match="no_such_table"):
         async with connect(servers.database_url) as conn:
             await conn.fetch("SELECT * FROM no_such_table")
+
+
+async def test_database_errors_maps_a_pools_query_errors(servers: Servers) -> None:
+    pool = await create_pool(servers.database_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(DatabaseError, match="no_such_table"), database_errors():
+            await pool.fetch("SELECT * FROM no_such_table")
+        with database_errors():  # a good query passes through untouched
+            assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
