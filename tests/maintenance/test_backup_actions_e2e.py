@@ -11,6 +11,9 @@ import asyncpg
 import boto3
 import pytest
 
+from services.maintenance.actions.backup import BackupSettings, engine
+from services.maintenance.actions.context import JobCancelled
+from services.maintenance.backups import BackupCancelled
 from shared import JobEvent
 from tests.harness import BUCKET, Servers, ServiceProcess
 
@@ -119,3 +122,10 @@ async def test_a_verify_of_a_missing_backup_fails_clearly(
     missing = await run(servers, signer, "backup.verify",
                         {"mode": "quick", "key": f"{PREFIX}/nope/none.dump"})
     assert missing.state == "failed" and missing.error, missing
+
+
+async def test_the_engines_cancel_ends_the_job_cancelled_not_failed(servers: Servers) -> None:
+    settings = BackupSettings.model_validate(servers.env())
+    with pytest.raises(JobCancelled, match="stopped mid-upload"):
+        async with engine(settings):
+            raise BackupCancelled("stopped mid-upload")

@@ -79,17 +79,24 @@ def _dump(result: BaseModel) -> dict[str, Any]:
     return out
 
 
+@asynccontextmanager
+async def engine(settings: Settings) -> AsyncIterator[Any]:
+    """An S3 client for one engine call; the engine's cancel becomes the job's."""
+    try:
+        async with s3_client(settings) as s3:
+            yield s3
+    except BackupCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+
+
 async def take_backup(ctx: ActionContext, label: str) -> dict[str, Any]:
     """A backup for another job (purge backs up what it is about to delete)."""
     settings = BackupSettings()
-    try:
-        async with s3_client(settings) as s3:
-            result = await create_backup(
-                dsn=settings.dsn(), s3=s3, prefix=settings.backup_prefix, label=label,
-                pg_bin_dir=settings.pg_bin_dir, **_common(ctx, settings),
-            )
-    except BackupCancelled as exc:
-        raise JobCancelled(str(exc)) from exc
+    async with engine(settings) as s3:
+        result = await create_backup(
+            dsn=settings.dsn(), s3=s3, prefix=settings.backup_prefix, label=label,
+            pg_bin_dir=settings.pg_bin_dir, **_common(ctx, settings),
+        )
     return _dump(result)
 
 
@@ -101,21 +108,18 @@ async def backup_create(ctx: ActionContext, params: BaseModel) -> dict[str, Any]
 async def backup_verify(ctx: ActionContext, params: BaseModel) -> dict[str, Any]:
     assert isinstance(params, BackupVerify)
     settings = BackupSettings()
-    try:
-        async with s3_client(settings) as s3:
-            result = await verify_backup(
-                dsn=settings.dsn(), s3=s3, key=params.key, mode=params.mode,
-                pg_bin_dir=settings.pg_bin_dir, **_common(ctx, settings),
-            )
-    except BackupCancelled as exc:
-        raise JobCancelled(str(exc)) from exc
+    async with engine(settings) as s3:
+        result = await verify_backup(
+            dsn=settings.dsn(), s3=s3, key=params.key, mode=params.mode,
+            pg_bin_dir=settings.pg_bin_dir, **_common(ctx, settings),
+        )
     return _dump(result)
 
 
 async def backup_prune(ctx: ActionContext, params: BaseModel) -> dict[str, Any]:
     assert isinstance(params, BackupPrune)
     settings = BackupSettings()
-    async with s3_client(settings) as s3:
+    async with engine(settings) as s3:
         result = await prune_backups(
             s3=s3, bucket=settings.s3_bucket, catalog=BackupCatalog(ctx.pool),
             policy=settings.policy(), dry_run=params.dry_run, now=utcnow(),
@@ -135,14 +139,11 @@ async def backup_restore(ctx: ActionContext, params: BaseModel) -> dict[str, Any
             f"refusing to restore over {own!r}, the database this worker runs on: restore into "
             "a new database name, check it, then point the app's DATABASE_URL at it"
         )
-    try:
-        async with s3_client(settings) as s3:
-            result = await restore_backup(
-                dsn=settings.dsn(), s3=s3, key=params.key, database=params.database,
-                # confirm == database was checked at intake: the operator named the database
-                # to overwrite; the engine restores beside it and swaps only after it checked.
-                replace=True, pg_bin_dir=settings.pg_bin_dir, **_common(ctx, settings),
-            )
-    except BackupCancelled as exc:
-        raise JobCancelled(str(exc)) from exc
+    async with engine(settings) as s3:
+        result = await restore_backup(
+            dsn=settings.dsn(), s3=s3, key=params.key, database=params.database,
+            # confirm == database was checked at intake: the operator named the database to
+            # overwrite; the engine restores beside it and swaps only after it checked.
+            replace=True, pg_bin_dir=settings.pg_bin_dir, **_common(ctx, settings),
+        )
     return _dump(result)
