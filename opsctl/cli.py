@@ -69,6 +69,30 @@ def status(
 
 
 @app.command()
+def jobs(
+    job_id: str | None = typer.Argument(None, help="One job: its events and result."),
+    state: str | None = typer.Option(None, help="queued, running, succeeded, failed, ..."),
+    action: str | None = typer.Option(None, help="An action, or a family such as backup.*"),
+    limit: int = typer.Option(50, min=1, max=500),
+    url: str | None = typer.Option(None, help="Gateway base URL (default: the running `up`'s)."),
+    token: str | None = typer.Option(None, envvar="OPS_TOKEN", help="Super-admin token."),
+    workdir: Path = typer.Option(Path(".opsplane"), help="Where `opsctl up` keeps its state."),
+) -> None:
+    """Maintenance jobs, newest first, or one job's history (exit 1: no such job, 2: refused)."""
+    from ._admin import gateway_url
+    from ._jobs import list_jobs, show_job
+    from ._local_auth import read_local_token
+
+    base = gateway_url(url, workdir)
+    token = token or (None if url else read_local_token(workdir))
+    console = Console(soft_wrap=True)
+    if job_id:
+        raise typer.Exit(show_job(base, token, job_id, console))
+    raise typer.Exit(list_jobs(base, token, state=state, action=action, limit=limit,
+                               console=console))
+
+
+@app.command()
 def migrate() -> None:
     """Apply the ops schema migrations to DATABASE_URL."""
     from ._admin import migrate as run_migrate

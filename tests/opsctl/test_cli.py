@@ -146,3 +146,11 @@ def test_status_unreachable_exits_2() -> None:
     result = opsctl("status", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert "unreachable" in result.stdout
+
+
+def test_jobs_without_a_token_or_gateway_says_so(tmp_path: Path) -> None:
+    no_token = opsctl("jobs", "--workdir", str(tmp_path))
+    assert no_token.returncode == 2 and "super-admin token is needed" in no_token.stdout
+    dead = f"http://127.0.0.1:{free_port()}"
+    unreachable = opsctl("jobs", "--url", dead, "--token", "t")
+    assert unreachable.returncode == 2 and "unreachable" in unreachable.stdout

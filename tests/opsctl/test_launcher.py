@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 
 import asyncpg
@@ -218,6 +220,28 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     out, err = await report.communicate()
     assert report.returncode == 0, (out + err).decode()
     assert json.loads(out)["database"]["size_bytes"] > 0
+    [job_id] = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                              err.decode()))
+
+    # `opsctl jobs` lists it (through the gateway, with the local token) and shows its story.
+    async def opsctl_jobs(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "opsctl", "jobs", *args, "--workdir", str(up.workdir),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=up.env)
+        shown, _ = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, shown.decode()
+
+    code, listed = await opsctl_jobs("--action", "db.*")
+    assert code == 0 and job_id in listed and "succeeded" in listed, listed
+    code, story = await opsctl_jobs(job_id)
+    assert code == 0, story
+    assert f"{job_id} db.report: succeeded" in story
+    events = story.split("events", 1)[1]
+    assert events.index("queued") < events.index("running") < events.index("succeeded")
+    assert '"size_bytes"' in story  # the result
+    code, missing = await opsctl_jobs(str(uuid.uuid4()))
+    assert code == 1 and "no such job" in missing
 
     children = up.descendants()
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
