@@ -5,10 +5,12 @@ Real servers only: the session's PostgreSQL (databases of our own per module) an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +19,21 @@ import asyncpg
 import pytest
 from aiobotocore.config import AioConfig
 
-from services.maintenance.backups import BackupCatalog
+from services.maintenance.backups import (
+    BackupCatalog,
+    BackupResult,
+    CatalogEntry,
+    ProgressCallback,
+    PruneResult,
+    RestoreResult,
+    RetentionPolicy,
+    VerifyResult,
+    create_backup,
+    prune_backups,
+    restore_backup,
+    verify_backup,
+)
+from services.maintenance.backups.verify import Mode
 from shared import Progress, create_pool, load_migrations, migrate
 from tests.harness import BUCKET, Servers
 
@@ -190,3 +206,103 @@ class ProgressLog:
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
+
+
+async def failed_job(catalog: BackupCatalog, job_id: str) -> CatalogEntry:
+    """The catalog row of ``job_id``, asserted to be there and ``failed``."""
+    row = await catalog.get_job(job_id)
+    assert row is not None and row.status == "failed", row
+    return row
+
+
+# The engine's calls with the tests' defaults: BUCKET, a fresh job id, no label, a ProgressLog and
+# a cancel event nobody sets. A keyword given overrides its default; any other keyword (part_size,
+# pg_bin_dir, clock, replace, ...) goes through to the engine as it is.
+
+
+async def make_backup(
+    dsn: str,
+    s3: Any,
+    catalog: BackupCatalog,
+    prefix: str,
+    *,
+    bucket: str = BUCKET,
+    job_id: str | None = None,
+    label: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: asyncio.Event | None = None,
+    **options: Any,
+) -> BackupResult:
+    return await create_backup(
+        dsn=dsn,
+        s3=s3,
+        bucket=bucket,
+        prefix=prefix,
+        job_id=new_job_id() if job_id is None else job_id,
+        label=label,
+        progress=ProgressLog() if progress is None else progress,
+        cancel=asyncio.Event() if cancel is None else cancel,
+        catalog=catalog,
+        **options,
+    )
+
+
+async def run_verify(
+    servers: Servers,
+    s3: Any,
+    catalog: BackupCatalog,
+    key: str | None,
+    mode: Mode,
+    *,
+    job_id: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: asyncio.Event | None = None,
+    **options: Any,
+) -> VerifyResult:
+    return await verify_backup(
+        dsn=servers.database_url,
+        s3=s3,
+        bucket=BUCKET,
+        key=key,
+        mode=mode,
+        job_id=new_job_id() if job_id is None else job_id,
+        progress=ProgressLog() if progress is None else progress,
+        cancel=asyncio.Event() if cancel is None else cancel,
+        catalog=catalog,
+        **options,
+    )
+
+
+async def run_restore(
+    servers: Servers,
+    s3: Any,
+    catalog: BackupCatalog,
+    key: str,
+    database: str,
+    **options: Any,
+) -> RestoreResult:
+    return await restore_backup(
+        dsn=servers.database_url,
+        s3=s3,
+        bucket=BUCKET,
+        key=key,
+        database=database,
+        job_id=new_job_id(),
+        progress=ProgressLog(),
+        cancel=asyncio.Event(),
+        catalog=catalog,
+        **options,
+    )
+
+
+async def run_prune(
+    s3: Any,
+    catalog: BackupCatalog,
+    policy: RetentionPolicy,
+    *,
+    dry_run: bool,
+    now: datetime,
+) -> PruneResult:
+    return await prune_backups(
+        s3=s3, bucket=BUCKET, catalog=catalog, policy=policy, dry_run=dry_run, now=now
+    )

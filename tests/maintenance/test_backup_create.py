@@ -8,6 +8,7 @@ import json
 import re
 import stat
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from services.maintenance.backups import (
     BackupCancelled,
     BackupCatalog,
     BackupError,
+    BackupResult,
     Manifest,
-    create_backup,
     manifest_key,
 )
 from shared import DatabaseError, Progress, Status, StorageError
@@ -32,8 +33,10 @@ from tests.maintenance.conftest_backups import (
     ProgressLog,
     create_database,
     drop_database,
+    failed_job,
     get_bytes,
     keys_under,
+    make_backup,
     new_job_id,
     s3_client,
     uploads_under,
@@ -90,21 +93,45 @@ def pg_dump_children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if p.name().startswith("pg_dump")]
 
 
+async def backup_in_parts(
+    big_db: str,
+    s3: Any,
+    catalog: BackupCatalog,
+    prefix: str,
+    job_id: str,
+    hook: Callable[[Progress, str], Awaitable[None]],
+    **options: Any,
+) -> BackupResult:
+    """A backup of ``big_db`` in 5 MiB parts, ``hook`` seeing every progress report."""
+    return await make_backup(
+        big_db,
+        s3,
+        catalog,
+        prefix,
+        job_id=job_id,
+        progress=ProgressLog(hook=hook),
+        part_size=5 * MIB,
+        **options,
+    )
+
+
+def set_after_a_part(event: asyncio.Event) -> Callable[[Progress, str], Awaitable[None]]:
+    """A progress hook that sets ``event`` once a part has gone up."""
+
+    async def hook(progress: Progress, message: str) -> None:
+        if message.startswith("uploaded"):
+            event.set()
+
+    return hook
+
+
 async def test_a_backup_lands_with_its_manifest_and_catalog_row(
     app_db: str, s3: Any, catalog: BackupCatalog, catalog_dsn: str, prefix: str
 ) -> None:
     job_id = new_job_id()
     progress = ProgressLog()
-    result = await create_backup(
-        dsn=app_db,
-        s3=s3,
-        bucket=BUCKET,
-        prefix=prefix,
-        job_id=job_id,
-        label="nightly",
-        progress=progress,
-        cancel=asyncio.Event(),
-        catalog=catalog,
+    result = await make_backup(
+        app_db, s3, catalog, prefix, job_id=job_id, label="nightly", progress=progress
     )
     match = KEY.match(result.key)
     assert match, result.key
@@ -152,16 +179,8 @@ async def test_row_counts_come_from_the_dumped_snapshot_not_from_later_writes(
             await writer.execute("DELETE FROM t WHERE id <= 5")
 
     try:
-        result = await create_backup(
-            dsn=dsn,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=new_job_id(),
-            label=None,
-            progress=ProgressLog(hook=write_after_the_snapshot),
-            cancel=asyncio.Event(),
-            catalog=catalog,
+        result = await make_backup(
+            dsn, s3, catalog, prefix, progress=ProgressLog(hook=write_after_the_snapshot)
         )
         assert await writer.fetchval("SELECT count(*) FROM t") == 95
     finally:
@@ -190,18 +209,7 @@ def _copy_data(dump: bytes) -> bytes:
 async def test_a_large_dump_goes_up_in_several_parts(
     big_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    result = await create_backup(
-        dsn=big_db,
-        s3=s3,
-        bucket=BUCKET,
-        prefix=prefix,
-        job_id=new_job_id(),
-        label=None,
-        progress=ProgressLog(),
-        cancel=asyncio.Event(),
-        catalog=catalog,
-        part_size=5 * MIB,
-    )
+    result = await make_backup(big_db, s3, catalog, prefix, part_size=5 * MIB)
     assert result.size_bytes > 10 * MIB and result.parts == -(-result.size_bytes // (5 * MIB))
     head = await s3.head_object(Bucket=BUCKET, Key=result.key)
     assert head["ETag"].strip('"').endswith(f"-{result.parts}")
@@ -221,23 +229,12 @@ async def test_pg_dump_killed_mid_way_aborts_the_upload(
 
     job_id = new_job_id()
     with pytest.raises(BackupError, match="pg_dump was killed by signal 9"):
-        await create_backup(
-            dsn=big_db,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=job_id,
-            label=None,
-            progress=ProgressLog(hook=kill_pg_dump),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-            part_size=5 * MIB,
-        )
+        await backup_in_parts(big_db, s3, catalog, prefix, job_id, kill_pg_dump)
     assert killed, "the hook found pg_dump running mid-way"
     assert await uploads_under(s3, prefix) == []
     assert await keys_under(s3, prefix) == []
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed" and row.finished_at is not None
+    row = await failed_job(catalog, job_id)
+    assert row.finished_at is not None
     assert row.error is not None and "killed by signal 9" in row.error
 
 
@@ -251,23 +248,12 @@ async def test_pg_dump_failing_reports_its_stderr_and_leaves_nothing(
         dsn = app_db.replace("postgres@", f"{role}@", 1)
         job_id = new_job_id()
         with pytest.raises(BackupError, match=r"pg_dump exited 1.*permission denied"):
-            await create_backup(
-                dsn=dsn,
-                s3=s3,
-                bucket=BUCKET,
-                prefix=prefix,
-                job_id=job_id,
-                label=None,
-                progress=ProgressLog(),
-                cancel=asyncio.Event(),
-                catalog=catalog,
-            )
+            await make_backup(dsn, s3, catalog, prefix, job_id=job_id)
     finally:
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()
     assert await uploads_under(s3, prefix) == [] and await keys_under(s3, prefix) == []
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed"
+    row = await failed_job(catalog, job_id)
     assert row.error is not None and "permission denied" in row.error
     assert not pg_dump_children()
 
@@ -278,19 +264,9 @@ async def test_a_missing_database_fails_the_catalog_row(
     dsn = app_db.rsplit("/", 1)[0] + "/no_such_database_here"
     job_id = new_job_id()
     with pytest.raises(DatabaseError, match="no_such_database_here"):
-        await create_backup(
-            dsn=dsn,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=job_id,
-            label=None,
-            progress=ProgressLog(),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-        )
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed" and row.database == "no_such_database_here"
+        await make_backup(dsn, s3, catalog, prefix, job_id=job_id)
+    row = await failed_job(catalog, job_id)
+    assert row.database == "no_such_database_here"
     assert row.error is not None and "no_such_database_here" in row.error
     assert await keys_under(s3, prefix) == []
 
@@ -305,19 +281,8 @@ async def test_s3_unreachable_fails_cleanly(
         f"http://127.0.0.1:{free_port()}", connect_timeout=1, retries={"max_attempts": 1}
     ) as dead:
         with pytest.raises(StorageError, match="S3 unreachable"):
-            await create_backup(
-                dsn=app_db,
-                s3=dead,
-                bucket=BUCKET,
-                prefix=prefix,
-                job_id=job_id,
-                label=None,
-                progress=ProgressLog(),
-                cancel=asyncio.Event(),
-                catalog=catalog,
-            )
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed" and "S3 unreachable" in (row.error or "")
+            await make_backup(app_db, dead, catalog, prefix, job_id=job_id)
+    assert "S3 unreachable" in ((await failed_job(catalog, job_id)).error or "")
     assert not pg_dump_children()
 
 
@@ -326,47 +291,28 @@ async def test_a_missing_bucket_fails_cleanly(
 ) -> None:
     job_id = new_job_id()
     with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-.*' not found"):
-        await create_backup(
-            dsn=app_db,
-            s3=s3,
+        await make_backup(
+            app_db,
+            s3,
+            catalog,
+            prefix,
             bucket=f"no-such-bucket-{uuid.uuid4().hex[:6]}",
-            prefix=prefix,
             job_id=job_id,
-            label=None,
-            progress=ProgressLog(),
-            cancel=asyncio.Event(),
-            catalog=catalog,
         )
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed" and "not found" in (row.error or "")
+    assert "not found" in ((await failed_job(catalog, job_id)).error or "")
 
 
 async def test_cancel_mid_stream_aborts_the_upload(
     big_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
     cancel = asyncio.Event()
-
-    async def cancel_after_first_part(progress: Progress, message: str) -> None:
-        if message.startswith("uploaded"):
-            cancel.set()
-
     job_id = new_job_id()
     with pytest.raises(BackupCancelled):
-        await create_backup(
-            dsn=big_db,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=job_id,
-            label=None,
-            progress=ProgressLog(hook=cancel_after_first_part),
-            cancel=cancel,
-            catalog=catalog,
-            part_size=5 * MIB,
+        await backup_in_parts(
+            big_db, s3, catalog, prefix, job_id, set_after_a_part(cancel), cancel=cancel
         )
     assert await uploads_under(s3, prefix) == [] and await keys_under(s3, prefix) == []
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed" and "cancelled" in (row.error or "")
+    assert "cancelled" in ((await failed_job(catalog, job_id)).error or "")
     assert not pg_dump_children()
 
 
@@ -375,33 +321,15 @@ async def test_a_cancelled_task_aborts_too(
 ) -> None:
     """The worker may cancel the task itself (shutdown): the same cleanup happens."""
     first_part = asyncio.Event()
-
-    async def note(progress: Progress, message: str) -> None:
-        if message.startswith("uploaded"):
-            first_part.set()
-
     job_id = new_job_id()
-    task = asyncio.ensure_future(
-        create_backup(
-            dsn=big_db,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=job_id,
-            label=None,
-            progress=ProgressLog(hook=note),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-            part_size=5 * MIB,
-        )
-    )
+    hook = set_after_a_part(first_part)
+    task = asyncio.ensure_future(backup_in_parts(big_db, s3, catalog, prefix, job_id, hook))
     await asyncio.wait_for(first_part.wait(), timeout=30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await uploads_under(s3, prefix) == [] and await keys_under(s3, prefix) == []
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed"
+    await failed_job(catalog, job_id)
     assert not pg_dump_children()
 
 
@@ -424,21 +352,9 @@ async def test_an_older_pg_dump_is_refused_before_anything_starts(
     old = _fake_tools(tmp_path / "bin", "9.6.24")
     job_id = new_job_id()
     with pytest.raises(BackupError, match=r"older than the server .*>= \d+"):
-        await create_backup(
-            dsn=app_db,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=job_id,
-            label=None,
-            progress=ProgressLog(),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-            pg_bin_dir=old,
-        )
+        await make_backup(app_db, s3, catalog, prefix, job_id=job_id, pg_bin_dir=old)
     assert await uploads_under(s3, prefix) == []
-    row = await catalog.get_job(job_id)
-    assert row is not None and row.status == "failed" and "9.6.24" in (row.error or "")
+    assert "9.6.24" in ((await failed_job(catalog, job_id)).error or "")
 
 
 async def test_the_password_reaches_pg_dump_only_through_its_environment(
@@ -455,18 +371,7 @@ async def test_the_password_reaches_pg_dump_only_through_its_environment(
     dsn = app_db.replace("postgres@", "postgres:hunter2%21@", 1)
     job_id = new_job_id()
     with pytest.raises(BackupError) as failure:
-        await create_backup(
-            dsn=dsn,
-            s3=s3,
-            bucket=BUCKET,
-            prefix=prefix,
-            job_id=job_id,
-            label=None,
-            progress=ProgressLog(),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-            pg_bin_dir=fake,
-        )
+        await make_backup(dsn, s3, catalog, prefix, job_id=job_id, pg_bin_dir=fake)
     argv_line, env_line = seen.read_text().splitlines()
     assert "hunter2" not in argv_line and "--snapshot=" in argv_line
     assert env_line == "env: hunter2!"

@@ -15,13 +15,9 @@ from services.maintenance.backups import (
     BackupCatalog,
     BackupError,
     BackupNotFound,
-    BackupResult,
     RestoreRefused,
     VerifyFailed,
-    create_backup,
     manifest_key,
-    restore_backup,
-    verify_backup,
 )
 from shared import Progress
 from tests.harness import BUCKET, Servers
@@ -32,44 +28,15 @@ from tests.maintenance.conftest_backups import (
     database_names,
     drop_database,
     get_bytes,
+    make_backup,
     new_job_id,
+    run_restore,
+    run_verify,
 )
 
 # The fixtures this module uses (assigned, not imported: pytest finds them by name).
 app_db, catalog, catalog_dsn, catalog_pool = fx.app_db, fx.catalog, fx.catalog_dsn, fx.catalog_pool
 prefix, s3 = fx.prefix, fx.s3
-
-
-async def backup(app_db: str, s3: Any, catalog: BackupCatalog, prefix: str) -> BackupResult:
-    return await create_backup(
-        dsn=app_db,
-        s3=s3,
-        bucket=BUCKET,
-        prefix=prefix,
-        job_id=new_job_id(),
-        label=None,
-        progress=ProgressLog(),
-        cancel=asyncio.Event(),
-        catalog=catalog,
-    )
-
-
-async def verify(
-    servers: Servers, s3: Any, catalog: BackupCatalog, key: str | None, mode: str, **kw: Any
-) -> Any:
-    job_id = kw.pop("job_id", new_job_id())
-    return await verify_backup(
-        dsn=servers.database_url,
-        s3=s3,
-        bucket=BUCKET,
-        key=key,
-        mode=mode,  # type: ignore[arg-type]
-        job_id=job_id,
-        progress=kw.pop("progress", ProgressLog()),
-        cancel=kw.pop("cancel", asyncio.Event()),
-        catalog=catalog,
-        **kw,
-    )
 
 
 async def drills(servers: Servers) -> list[str]:
@@ -79,8 +46,8 @@ async def drills(servers: Servers) -> list[str]:
 async def test_quick_verify_passes_then_catches_a_corrupted_object(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
-    result = await verify(servers, s3, catalog, made.key, "quick")
+    made = await make_backup(app_db, s3, catalog, prefix)
+    result = await run_verify(servers, s3, catalog, made.key, "quick")
     assert result.ok and result.sha256_actual == made.sha256 == result.sha256_expected
     assert result.toc_entries and result.toc_entries > len(APP_COUNTS)
     row = await catalog.get(made.key)
@@ -91,7 +58,7 @@ async def test_quick_verify_passes_then_catches_a_corrupted_object(
     corrupt[len(corrupt) // 2] ^= 0xFF  # one flipped byte in the middle
     await s3.put_object(Bucket=BUCKET, Key=made.key, Body=bytes(corrupt))
     with pytest.raises(VerifyFailed, match="checksum mismatch") as failure:
-        await verify(servers, s3, catalog, made.key, "quick")
+        await run_verify(servers, s3, catalog, made.key, "quick")
     assert failure.value.result.ok is False
     assert failure.value.result.sha256_actual not in (None, made.sha256)
     row = await catalog.get(made.key)
@@ -102,10 +69,10 @@ async def test_quick_verify_passes_then_catches_a_corrupted_object(
 async def test_quick_verify_reports_an_unreadable_archive(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     await s3.put_object(Bucket=BUCKET, Key=made.key, Body=os.urandom(4096))
     with pytest.raises(VerifyFailed) as failure:
-        await verify(servers, s3, catalog, made.key, "quick")
+        await run_verify(servers, s3, catalog, made.key, "quick")
     message = str(failure.value)
     assert "checksum mismatch" in message and "the archive is unreadable" in message
 
@@ -114,29 +81,29 @@ async def test_verify_without_a_key_takes_the_newest_succeeded_backup(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
     with pytest.raises(BackupNotFound):
-        await verify(servers, s3, catalog, None, "quick")
-    await backup(app_db, s3, catalog, prefix)
-    newest = await backup(app_db, s3, catalog, prefix)
-    assert (await verify(servers, s3, catalog, None, "quick")).key == newest.key
+        await run_verify(servers, s3, catalog, None, "quick")
+    await make_backup(app_db, s3, catalog, prefix)
+    newest = await make_backup(app_db, s3, catalog, prefix)
+    assert (await run_verify(servers, s3, catalog, None, "quick")).key == newest.key
 
 
 async def test_a_missing_object_or_manifest_fails_verification(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     await s3.delete_object(Bucket=BUCKET, Key=manifest_key(made.key))
     await s3.delete_object(Bucket=BUCKET, Key=made.key)
     with pytest.raises(VerifyFailed) as failure:
-        await verify(servers, s3, catalog, made.key, "quick")
+        await run_verify(servers, s3, catalog, made.key, "quick")
     assert "manifest" in str(failure.value) and "missing from the bucket" in str(failure.value)
 
 
 async def test_the_restore_drill_passes_and_drops_its_scratch_database(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     job_id = new_job_id()
-    result = await verify(servers, s3, catalog, made.key, "restore", job_id=job_id)
+    result = await run_verify(servers, s3, catalog, made.key, "restore", job_id=job_id)
     assert result.ok and result.mismatches == []
     assert result.tables_checked == len(APP_COUNTS)
     assert result.scratch_database == "opsplane_drill_" + job_id.replace("-", "")[:16]
@@ -148,12 +115,12 @@ async def test_the_restore_drill_passes_and_drops_its_scratch_database(
 async def test_a_drill_whose_row_counts_differ_fails_and_still_drops_the_scratch_database(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     manifest = json.loads(await get_bytes(s3, made.manifest_key))
     manifest["tables"]["public.orders"] = 121  # the manifest promises a row the dump lacks
     await s3.put_object(Bucket=BUCKET, Key=made.manifest_key, Body=json.dumps(manifest).encode())
     with pytest.raises(VerifyFailed, match=r"public.orders \(manifest 121, restored 120\)") as f:
-        await verify(servers, s3, catalog, made.key, "restore")
+        await run_verify(servers, s3, catalog, made.key, "restore")
     assert [m.table for m in f.value.result.mismatches] == ["public.orders"]
     assert await drills(servers) == []
 
@@ -161,18 +128,18 @@ async def test_a_drill_whose_row_counts_differ_fails_and_still_drops_the_scratch
 async def test_a_drill_of_a_corrupt_archive_fails_and_drops_the_scratch_database(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     data = await get_bytes(s3, made.key)
     await s3.put_object(Bucket=BUCKET, Key=made.key, Body=data[: len(data) // 2])  # truncated
     with pytest.raises(VerifyFailed, match="the restore failed: pg_restore exited 1"):
-        await verify(servers, s3, catalog, made.key, "restore")
+        await run_verify(servers, s3, catalog, made.key, "restore")
     assert await drills(servers) == []
 
 
 async def test_a_cancelled_drill_drops_its_scratch_database(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     cancel = asyncio.Event()
     seen: list[str] = []
 
@@ -182,7 +149,7 @@ async def test_a_cancelled_drill_drops_its_scratch_database(
             cancel.set()
 
     with pytest.raises(BackupCancelled):
-        await verify(
+        await run_verify(
             servers,
             s3,
             catalog,
@@ -200,25 +167,11 @@ async def test_a_cancelled_drill_drops_its_scratch_database(
 async def test_restore_into_a_new_database_then_refuse_then_replace(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     target = f"restored_{new_job_id()[:8]}"
 
-    async def restore(**kw: Any) -> Any:
-        return await restore_backup(
-            dsn=servers.database_url,
-            s3=s3,
-            bucket=BUCKET,
-            key=made.key,
-            database=target,
-            job_id=new_job_id(),
-            progress=ProgressLog(),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-            **kw,
-        )
-
     try:
-        first = await restore()
+        first = await run_restore(servers, s3, catalog, made.key, target)
         assert first.created and not first.replaced
         assert first.rows == sum(APP_COUNTS.values()) and first.tables == len(APP_COUNTS)
         conn = await asyncpg.connect(fx.dsn_of(servers, target))
@@ -229,8 +182,8 @@ async def test_restore_into_a_new_database_then_refuse_then_replace(
         finally:
             await conn.close()
         with pytest.raises(RestoreRefused, match="exists and is not empty"):
-            await restore()
-        second = await restore(replace=True)
+            await run_restore(servers, s3, catalog, made.key, target)
+        second = await run_restore(servers, s3, catalog, made.key, target, replace=True)
         assert second.replaced and not second.created
         conn = await asyncpg.connect(fx.dsn_of(servers, target))
         try:
@@ -245,19 +198,9 @@ async def test_restore_into_a_new_database_then_refuse_then_replace(
 async def test_restore_of_a_corrupt_backup_touches_nothing(
     servers: Servers, app_db: str, s3: Any, catalog: BackupCatalog, prefix: str
 ) -> None:
-    made = await backup(app_db, s3, catalog, prefix)
+    made = await make_backup(app_db, s3, catalog, prefix)
     await s3.put_object(Bucket=BUCKET, Key=made.key, Body=b"not a dump")
     target = f"restored_{new_job_id()[:8]}"
     with pytest.raises(BackupError, match="checksum mismatch"):
-        await restore_backup(
-            dsn=servers.database_url,
-            s3=s3,
-            bucket=BUCKET,
-            key=made.key,
-            database=target,
-            job_id=new_job_id(),
-            progress=ProgressLog(),
-            cancel=asyncio.Event(),
-            catalog=catalog,
-        )
+        await run_restore(servers, s3, catalog, made.key, target)
     assert await database_names(servers, f"{target}%") == []
