@@ -246,6 +246,10 @@ class Launcher:
                 env.update(OPS_GATEWAY_HOST=HOST, OPS_GATEWAY_PORT=str(port))
             else:
                 env.update(OPS_SERVICE_HOST=HOST, OPS_SERVICE_PORT=str(port))
+            if name == DEMO_APP and self.view.signing_key_path is not None and "maintenance" in (
+                self.services
+            ):  # the demo asks for a first backup with the local key (demo/first_backup.py)
+                env["DEMO_SIGNING_KEY"] = str(self.view.signing_key_path)
             child = ServiceProcess(
                 name,
                 [sys.executable, "-m", "opsctl", "run", name],

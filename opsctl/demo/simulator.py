@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,7 @@ from shared import (
     publish_ws_gauge,
 )
 
+from .first_backup import request_first_backup
 from .traffic import PROFILES, TrafficModel
 
 log = get_logger("opsctl.demo")
@@ -59,6 +61,8 @@ class DemoSettings(Settings):
     # At most this many simulated requests hold a pool connection at once (in_use <= this).
     demo_db_concurrency: int = Field(default=6, alias="DEMO_DB_CONCURRENCY")
     demo_timer_interval_s: float = Field(default=3.0, alias="DEMO_TIMER_INTERVAL")
+    # The local stack's signing key: the demo asks for one backup at start (first_backup.py).
+    demo_signing_key: Path | None = Field(default=None, alias="DEMO_SIGNING_KEY")
 
 
 class Simulator:
@@ -75,6 +79,7 @@ class Simulator:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._last_log: dict[str, float] = {}
+        self._nats_up = asyncio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,6 +90,7 @@ class Simulator:
             ("traffic", self._traffic_loop),
             ("gauges", self._gauge_loop),
             ("timers", self._timer_loop),
+            ("first-backup", self._first_backup),
         ):
             self._tasks.append(asyncio.create_task(self._guard(name, body), name=f"demo.{name}"))
 
@@ -123,6 +129,14 @@ class Simulator:
         }
 
     # ---- loops -------------------------------------------------------------------------
+    async def _first_backup(self) -> None:
+        key = self.settings.demo_signing_key
+        if key is None:
+            return
+        private_pem = await asyncio.to_thread(key.read_bytes)
+        await self._nats_up.wait()
+        await request_first_backup(self.nc, private_pem, audience=self.settings.deployment)
+
     async def _guard(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body``; if it ever raises, log and run it again (the demo never crashes)."""
         while True:
@@ -159,6 +173,7 @@ class Simulator:
             reconnected_cb=on_reconnect,
         )
         log.info("demo.nats_connected")
+        self._nats_up.set()
 
     async def _connect_db(self) -> None:
         if self.settings.database_url is None:

@@ -17,9 +17,20 @@ import websockets
 from nats.aio.msg import Msg
 
 from opsctl._embedded import NatsServer
+from opsctl._local_auth import local_keyring
 from opsctl._procs import free_port
+from opsctl.demo.first_backup import request_first_backup
 from opsctl.demo.schema import load_demo
-from shared import PoolGauge, RequestRecord, WsGauge, subjects
+from shared import (
+    COMMANDS_STREAM,
+    Keyring,
+    PoolGauge,
+    RequestRecord,
+    WsGauge,
+    ensure_jetstream,
+    subjects,
+    verify_command,
+)
 from tests.harness import Servers, ServiceProcess
 
 TENANTS = {"acme", "globex", "initech", "umbrella", "hooli"}
@@ -176,4 +187,31 @@ async def test_demo_app_survives_nats_and_postgres_being_down(tmp_path: Path, lo
         assert "demo.db_unavailable" in app.log_tail(200)
     finally:
         app.stop()
+        server.stop()
+
+
+async def test_the_first_backup_request_is_a_valid_signed_command(
+    tmp_path: Path,
+) -> None:
+    keyring_path, key_path = local_keyring(tmp_path)
+    server = NatsServer(workdir=tmp_path)
+    server.start()
+    try:
+        nc = await nats.connect(server.url)
+        try:
+            # No streams yet (the services have not declared them): retried, then given up.
+            gave_up = await request_first_backup(nc, key_path.read_bytes(), audience="opsplane",
+                                                 attempts=2, wait_s=0.01)
+            assert gave_up is None
+            js = nc.jetstream()
+            await ensure_jetstream(js)
+            job_id = await request_first_backup(nc, key_path.read_bytes(), audience="opsplane")
+            assert job_id is not None
+            msg = await js.get_last_msg(COMMANDS_STREAM, "ops.cmd.backup.create")
+            command = verify_command(msg.data, subject_action="backup.create",
+                                     keyring=Keyring.load(keyring_path), audience="opsplane")
+            assert command.jti == job_id and command.params.model_dump() == {"label": "demo-start"}
+        finally:
+            await nc.close()
+    finally:
         server.stop()

@@ -243,6 +243,16 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     code, missing = await opsctl_jobs(str(uuid.uuid4()))
     assert code == 1 and "no such job" in missing
 
+    # The demo asked for a first backup with the local key: a real pg_dump landed in S3.
+    def first_backup() -> dict[str, object] | None:
+        listed = httpx.get(f"{gateway}/api/jobs", params={"action": "backup.create"},
+                           auth=("ops", token), timeout=2).json()["jobs"]
+        done = [j for j in listed if j["state"] in {"succeeded", "failed", "rejected"}]
+        return done[0] if done else None
+    backup = up.wait(first_backup, timeout_s=60, message="the demo's first backup")
+    assert backup["state"] == "succeeded", backup
+    assert isinstance(backup["result"], dict) and backup["result"]["label"] == "demo-start"
+
     children = up.descendants()
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
     up.signal(signal.SIGTERM)
