@@ -1,6 +1,7 @@
 """The health service: probes each dependency on its own interval, publishes ``ops.health.*``.
 
-Subscribes: ``ops.ingest.pool`` and ``ops.ingest.ws`` (the app's gauges; bad ones to the DLQ).
+Subscribes: ``ops.ingest.pool`` and ``ops.ingest.ws`` (the app's gauges; bad ones to the DLQ);
+``ops.jobs.*`` (a backup job that ended re-runs the backups check at once).
 Publishes: ``ops.health.<check>`` (one per probe run), ``ops.heartbeat.health.<instance>``.
 State: the latest gauge per app node; every probe result is published and forgotten (the
 aggregator keeps the view). Any number of replicas may run: the aggregator keeps the newest
@@ -9,15 +10,18 @@ result per check.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsRouter
+from pydantic import ValidationError
 
 from shared import (
     DeadLetters,
     HealthEvent,
     InboundMessage,
+    JobEvent,
     PoolGauge,
     ServiceRuntime,
     WsGauge,
@@ -115,6 +119,22 @@ def build_probes(
     return [probe if probe.config.enabled else Disabled(probe) for probe in probes]
 
 
+def backup_job_router(wake: asyncio.Event) -> NatsRouter:
+    """Re-run the backups check as soon as a backup job ends, not up to an interval later."""
+    router = NatsRouter()
+
+    @subscribe_raw(router, subjects.JOBS_ALL)
+    async def on_job(msg: InboundMessage) -> None:
+        try:
+            event = JobEvent.model_validate_json(msg.body)
+        except ValidationError:
+            return  # the worker's events; not ours to judge (the gateway logs bad ones)
+        if event.action.startswith("backup.") and event.state in ("succeeded", "failed"):
+            wake.set()
+
+    return router
+
+
 def gauge_router(
     dead_letters: DeadLetters, pools: GaugeBook[PoolGauge], sockets: GaugeBook[WsGauge]
 ) -> NatsRouter:
@@ -146,8 +166,12 @@ def create_app(settings: HealthSettings | None = None) -> AsgiFastStream:
     async def publish(event: HealthEvent) -> None:
         await broker.publish(event.to_bytes(), subjects.health(event.check))
 
+    backups_done = asyncio.Event()
+    broker.include_router(backup_job_router(backups_done))
     for probe in build_probes(settings, runtime, pools, sockets):
+        wake = backups_done if probe.check == "backups" else None
         runtime.add_task(
-            f"probe.{probe.check}", functools.partial(probe_loop, probe, settings.instance, publish)
+            f"probe.{probe.check}",
+            functools.partial(probe_loop, probe, settings.instance, publish, wake),
         )
     return runtime.asgi()

@@ -8,6 +8,7 @@ whatever happens (result, timeout, exception) into a ``HealthEvent`` on ``ops.he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -116,8 +117,11 @@ async def run_once(probe: Probe, instance: str) -> HealthEvent:
     )
 
 
-async def probe_loop(probe: Probe, instance: str, publish: Publish) -> None:
-    """Run ``probe`` every ``interval_s`` (measured start to start) until cancelled."""
+async def probe_loop(
+    probe: Probe, instance: str, publish: Publish, wake: asyncio.Event | None = None
+) -> None:
+    """Run ``probe`` every ``interval_s`` (measured start to start) until cancelled; setting
+    ``wake`` runs it at once (the backups check, when a backup job has just ended)."""
     last: Status | None = None
     while True:
         started = time.monotonic()
@@ -129,5 +133,10 @@ async def probe_loop(probe: Probe, instance: str, publish: Publish) -> None:
         if event.status is not last:
             log.info("probe.status", check=probe.check, status=event.status, output=event.output)
             last = event.status
-        elapsed = time.monotonic() - started
-        await asyncio.sleep(max(0.0, probe.config.interval_s - elapsed))
+        remaining = max(0.0, probe.config.interval_s - (time.monotonic() - started))
+        if wake is None:
+            await asyncio.sleep(remaining)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=remaining)
+        wake.clear()

@@ -252,6 +252,9 @@ async def test_full_stack_answers_health_with_a_postgres_check(
     backup = up.wait(first_backup, timeout_s=60, message="the demo's first backup")
     assert backup["state"] == "succeeded", backup
     assert isinstance(backup["result"], dict) and backup["result"]["label"] == "demo-start"
+    # ... and the backups check sees it at once (re-run on the job's end, not in 5 minutes).
+    up.wait(lambda: httpx.get(f"{gateway}/api/health", timeout=2).json()["checks"]
+            ["backups:age"][0]["status"] == "pass", timeout_s=20, message="backups check pass")
 
     children = up.descendants()
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}

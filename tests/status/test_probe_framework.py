@@ -10,9 +10,18 @@ from faststream.nats import JStream, NatsBroker, TestNatsBroker
 
 from services.health.config import DEFAULTS, HealthSettings, parse_probes, probe_configs
 from services.health.gauges import GaugeBook, PoolProbe, WsConnectionsProbe
-from services.health.main import gauge_router
-from services.health.probe import ProbeConfig, ProbeResult, run_once
-from shared import ConfigError, DeadLetters, PoolGauge, Status, WsGauge, utcnow
+from services.health.main import backup_job_router, gauge_router
+from services.health.probe import ProbeConfig, ProbeResult, probe_loop, run_once
+from shared import (
+    ConfigError,
+    DeadLetters,
+    HealthEvent,
+    JobEvent,
+    PoolGauge,
+    Status,
+    WsGauge,
+    utcnow,
+)
 
 
 def settings(tmp_path: Path, toml: str | None = None, **env: str) -> HealthSettings:
@@ -209,3 +218,47 @@ async def test_a_disabled_check_keeps_reporting_as_skipped(tmp_path: Path) -> No
     path.write_text("[s3]\nenabled = false\n")
     results = await probes_for(tmp_path, OPS_PROBES=str(path))
     assert results["s3"].skipped and results["s3"].output == "skipped: disabled in OPS_PROBES"
+
+
+# ---- the backups check re-runs when a backup job ends ----------------------------------------
+
+
+class Counts:
+    check, component, measurement, component_type = "backups", "backups", "age", "component"
+
+    def __init__(self) -> None:
+        self.config = ProbeConfig(interval_s=3600)
+        self.runs = 0
+
+    async def run(self) -> ProbeResult:
+        self.runs += 1
+        return ProbeResult(status=Status.PASS, output=f"run {self.runs}")
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "reruns"),
+    [("backup.create", "succeeded", True), ("backup.verify", "failed", True),
+     ("backup.create", "running", False), ("db.report", "succeeded", False)],
+)
+async def test_a_finished_backup_job_reruns_the_backups_check_at_once(
+    action: str, state: str, reruns: bool
+) -> None:
+    probe, published = Counts(), asyncio.Queue[HealthEvent]()
+    wake = asyncio.Event()
+    broker = NatsBroker()
+    broker.include_router(backup_job_router(wake))
+    async with TestNatsBroker(broker) as test_broker:
+        loop = asyncio.create_task(probe_loop(probe, "i", published.put, wake))
+        try:
+            await asyncio.wait_for(published.get(), 5)  # the first run, at start
+            event = JobEvent(job_id="j1", action=action, state=state)  # type: ignore[arg-type]
+            await test_broker.publish(event.model_dump_json().encode(), "ops.jobs.j1")
+            await test_broker.publish(b"{not json", "ops.jobs.j2")  # ignored, no crash
+            if reruns:
+                second = await asyncio.wait_for(published.get(), 5)
+                assert second.output == "run 2"
+            else:
+                assert not wake.is_set() and probe.runs == 1  # hour-long interval still applies
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
