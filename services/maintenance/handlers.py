@@ -15,6 +15,7 @@ one at a time, in order. Outcomes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -96,22 +97,29 @@ async def consume(
     await ready.wait()
     spec = COMMANDS_CONSUMER
     sub: Any = None
-    while True:
-        try:
-            if sub is None:
-                sub = await js().pull_subscribe_bind(spec.durable, stream=spec.stream)
-            msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("command.fetch_failed", error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(1.0)
-            continue
-        for msg in msgs:
-            outcome = await process(msg, intake())
-            if on_outcome is not None:
-                on_outcome(outcome)
-            if outcome is not None and outcome.retry:
-                await asyncio.sleep(1.0)  # the database is away: don't spin through the batch
+    try:
+        while True:
+            try:
+                if sub is None:
+                    sub = await js().pull_subscribe_bind(spec.durable, stream=spec.stream)
+                msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("command.fetch_failed", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                outcome = await process(msg, intake())
+                if on_outcome is not None:
+                    on_outcome(outcome)
+                if outcome is not None and outcome.retry:
+                    await asyncio.sleep(1.0)  # the database is away: don't spin through the batch
+    finally:
+        # A pull subscription left behind holds the connection's drain at shutdown until
+        # nats-py's drain timeout (30 s): the worker looked hung on SIGTERM.
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), timeout=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -250,3 +251,22 @@ async def test_a_graceful_stop_fails_the_running_job_with_the_reason(
     finally:
         proc.stop()
         await holder.close()
+
+
+async def test_sigterm_after_work_stops_the_worker_promptly(
+    worker_env: dict[str, str], logdir: Path, servers: Servers, signer: Signer
+) -> None:
+    proc = ServiceProcess("maintenance", worker_env, logdir).start(wait="/readyz")
+    try:
+        job_id = await send(servers.nats.url, "db.report", signer.sign("db.report"))
+        events = await job_events(servers.nats.url, job_id, wait_for={"succeeded", "failed"})
+        assert events[-1].state == "succeeded"
+        # Not an event to await: the hang needed a pull fetch (5 s) to have expired while idle
+        # (without the fix this stop is SIGKILLed after 15 s).
+        await asyncio.sleep(6)
+        started = time.monotonic()
+        assert proc.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        # A pull subscription left open held the connection's drain for nats-py's 30 s.
+        assert time.monotonic() - started < 5.0
+    finally:
+        proc.stop()
