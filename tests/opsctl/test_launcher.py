@@ -73,6 +73,8 @@ async def test_up_starts_the_stack_and_sigterm_leaves_no_orphan(
     state = up.wait_running([*SERVERS, "demo-app"])
     components = state["components"]
 
+    # state.json says "running" as each child starts; the table is printed once all have.
+    up.wait(lambda: "Ctrl-C" in up.output(), timeout_s=10, message="the table of the stack")
     output = up.output()
     for name in [*SERVERS, "demo-app", "Ctrl-C"]:
         assert name in output
@@ -129,9 +131,8 @@ async def test_killed_children_are_restarted(launch_up: Callable[..., UpProcess]
         assert await conn.fetchval("SELECT count(*) FROM tenants") == 5  # data kept
     finally:
         await conn.close()
-    output = up.output()
-    assert "demo-app exited with code -9" in output
-    assert "s3 restarted" in output
+    up.wait(lambda: "s3 restarted" in up.output(), timeout_s=10, message="the restart reported")
+    assert "demo-app exited with code -9" in up.output()
 
     children = up.descendants()
     groups = {os.getpgid(child.pid) for child in children} | {up.proc.pid}
