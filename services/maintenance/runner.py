@@ -42,11 +42,9 @@ from shared import (
 from . import metrics
 from .actions import ActionContext, ActionFailed, ActionHandler, JobCancelled
 from .jobs import TERMINAL, JobRecord, JobStore
+from .locks import destructive_lock
 
 log = get_logger(__name__)
-
-# Any fixed 64-bit number shared by every replica: "opsdestr" in ASCII.
-DESTRUCTIVE_LOCK_ID = 0x6F70736465737472
 
 Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
@@ -301,22 +299,13 @@ class Runner:
         if action not in self.destructive:
             yield
             return
-        async with self.connect() as conn:
-            waiting = False
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", DESTRUCTIVE_LOCK_ID):
-                if not waiting:
-                    waiting = True
-                    await ctx.progress(ctx.last_progress,
-                                       "waiting for another destructive job to finish")
-                ctx.raise_if_cancelled()
-                await asyncio.sleep(self.config.lock_poll_s)
-            try:
-                yield
-            finally:
-                try:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", DESTRUCTIVE_LOCK_ID)
-                except Exception as exc:  # closing the connection releases it anyway
-                    log.warning("job.unlock_failed", error=str(exc))
+
+        async def wait() -> None:
+            ctx.raise_if_cancelled()
+            await asyncio.sleep(self.config.lock_poll_s)
+
+        async with self.connect() as conn, destructive_lock(conn, ctx, wait=wait):
+            yield
 
     # ---- cancellation (job.cancel) and leases ------------------------------------------
 

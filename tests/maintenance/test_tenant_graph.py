@@ -8,9 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.maintenance.runner import DESTRUCTIVE_LOCK_ID as RUNNER_LOCK
 from services.maintenance.tenancy import (
-    DESTRUCTIVE_LOCK_ID,
     ForeignKey,
     GraphCycle,
     Table,
@@ -95,10 +93,6 @@ def test_migration_tables_are_recognised(name: str) -> None:
 @pytest.mark.parametrize("name", ["tenants", "time_entries", "migrants", "versions"])
 def test_application_tables_are_not_migration_tables(name: str) -> None:
     assert not is_migration_table(name)
-
-
-def test_the_lock_is_the_runners_destructive_lock() -> None:
-    assert DESTRUCTIVE_LOCK_ID == RUNNER_LOCK
 
 
 async def test_the_demo_schema_graph_from_the_catalog(demo_db: str) -> None:  # noqa: F811

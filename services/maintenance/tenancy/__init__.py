@@ -1,7 +1,8 @@
 """Tenant data tools: the tenant graph read from the catalog, the tenant_id backfill and the
 purge of application data (docs/backfill-purge.md)."""
 
-from .batches import DESTRUCTIVE_LOCK_ID, BatchConfig
+from ..locks import DESTRUCTIVE_LOCK_ID
+from .batches import BatchConfig
 from .graph import (
     TENANT_COLUMN,
     ForeignKey,

@@ -13,6 +13,7 @@ import asyncpg
 
 from shared import DESTRUCTIVE_ACTIONS, Progress, get_logger
 
+from ..locks import destructive_lock as hold_destructive_lock
 from .graph import Table, TenancyError, quote_ident
 
 if TYPE_CHECKING:
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 T = TypeVar("T")
 
-# The runner's destructive-job lock (services/maintenance/runner.py, DESTRUCTIVE_LOCK_ID):
-# "opsdestr" in ASCII. A test checks the two stay equal.
-DESTRUCTIVE_LOCK_ID = 0x6F70736465737472
 
 # Errors a batch is retried on: lock_timeout, deadlock victim, serialization failure.
 RETRYABLE = (
@@ -126,19 +124,8 @@ async def destructive_lock(
     if ctx.action in DESTRUCTIVE_ACTIONS:
         yield
         return
-    waiting = False
-    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", DESTRUCTIVE_LOCK_ID):
-        if not waiting:
-            waiting = True
-            await ctx.progress(ctx.last_progress, "waiting for another destructive job to finish")
-        await pause(ctx, config.lock_poll_s)
-    try:
+    async with hold_destructive_lock(conn, ctx, wait=lambda: pause(ctx, config.lock_poll_s)):
         yield
-    finally:
-        try:
-            await conn.execute("SELECT pg_advisory_unlock($1)", DESTRUCTIVE_LOCK_ID)
-        except Exception as exc:  # closing the connection releases it anyway
-            log.warning("tenancy.unlock_failed", error=str(exc))
 
 
 def progress(done: int, total: int) -> Progress:
