@@ -30,7 +30,7 @@ from ._commands import (
     sign_command,
     verify_command,
 )
-from ._db import DRIVER_ERRORS, connect, create_pool, database_errors, describe
+from ._db import DRIVER_ERRORS, Queries, connect, create_pool, database_errors, describe
 from ._dlq import DeadLetters, reason_of
 from ._errors import (
     BrokerError,
@@ -162,6 +162,7 @@ __all__ = [
     "PoolGauge",
     "Progress",
     "PurgeAppData",
+    "Queries",
     "RequestMetricsMiddleware",
     "RequestRecord",
     "ServiceRuntime",

@@ -87,3 +87,26 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
         await asyncio.wait_for(conn.close(), timeout=2.0)
     except Exception:
         conn.terminate()
+
+
+class Queries:
+    """A pool's one-statement calls, with driver errors mapped to ``DatabaseError``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        with database_errors():
+            return list(await self.pool.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        with database_errors():
+            return await self.pool.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        with database_errors():
+            return await self.pool.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        with database_errors():
+            return str(await self.pool.execute(sql, *args))

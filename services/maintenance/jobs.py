@@ -21,7 +21,7 @@ from shared import (
     DatabaseError,
     JobEvent,
     Progress,
-    database_errors,
+    Queries,
     get_logger,
     subjects,
 )
@@ -110,6 +110,7 @@ class JobStore:
 
     def __init__(self, pool: asyncpg.Pool, publish: EventPublisher, *, worker: str) -> None:
         self.pool = pool
+        self.db = Queries(pool)
         self._publish = publish
         self.worker = worker
         self._progress_seq: dict[str, int] = {}
@@ -117,17 +118,17 @@ class JobStore:
     # ---- reads -------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord | None:
-        row = await self._fetchrow(f"SELECT {_COLUMNS} FROM ops.jobs WHERE job_id = $1", job_id)
+        row = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM ops.jobs WHERE job_id = $1", job_id)
         return JobRecord.from_row(row) if row else None
 
     async def recent(self, limit: int = 50) -> list[JobRecord]:
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             f"SELECT {_COLUMNS} FROM ops.jobs ORDER BY created_at DESC LIMIT $1", limit
         )
         return [JobRecord.from_row(r) for r in rows]
 
     async def queued(self) -> list[str]:
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             "SELECT job_id FROM ops.jobs WHERE state = 'queued' ORDER BY created_at"
         )
         return [r["job_id"] for r in rows]
@@ -136,7 +137,7 @@ class JobStore:
 
     async def claim(self, job_id: str) -> JobRecord | None:
         """queued -> running for this worker; ``None`` when it is not queued (any more)."""
-        row = await self._fetchrow(
+        row = await self.db.fetchrow(
             f"UPDATE ops.jobs SET state = 'running', worker = $2, started_at = now(), "
             f"updated_at = now(), message = '' WHERE job_id = $1 AND state = 'queued' "
             f"RETURNING {_COLUMNS}",
@@ -151,7 +152,7 @@ class JobStore:
 
     async def progress(self, job_id: str, action: str, progress: Progress, message: str) -> None:
         """Record and publish progress of a running job (the caller throttles)."""
-        await self._execute(
+        await self.db.execute(
             "UPDATE ops.jobs SET progress = $2::jsonb, message = $3, updated_at = now() "
             "WHERE job_id = $1 AND state = 'running'",
             job_id, progress.model_dump_json(), message[:MAX_TEXT],
@@ -179,7 +180,7 @@ class JobStore:
         delay, waited = 0.5, 0.0
         while True:
             try:
-                row = await self._fetchrow(
+                row = await self.db.fetchrow(
                     f"UPDATE ops.jobs SET state = $2, progress = COALESCE($3::jsonb, progress), "
                     f"message = $4, result = $5::jsonb, error = $6, finished_at = now(), "
                     f"updated_at = now() WHERE job_id = $1 AND state = 'running' "
@@ -205,7 +206,7 @@ class JobStore:
 
     async def cancel_queued(self, job_id: str, message: str) -> JobRecord | None:
         """queued -> cancelled (it never started); ``None`` when it was not queued."""
-        row = await self._fetchrow(
+        row = await self.db.fetchrow(
             f"UPDATE ops.jobs SET state = 'cancelled', message = $2, finished_at = now(), "
             f"updated_at = now() WHERE job_id = $1 AND state = 'queued' RETURNING {_COLUMNS}",
             job_id, message,
@@ -219,7 +220,7 @@ class JobStore:
 
     async def request_cancel(self, job_id: str) -> None:
         """Flag a running job for cancellation (the worker running it sees it on its lease)."""
-        await self._execute(
+        await self.db.execute(
             "UPDATE ops.jobs SET cancel_requested = true WHERE job_id = $1 AND state = 'running'",
             job_id,
         )
@@ -228,7 +229,7 @@ class JobStore:
         """Renew the lease of this worker's running jobs; returns those asked to cancel."""
         if not job_ids:
             return set()
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             "UPDATE ops.jobs SET updated_at = now() WHERE job_id = ANY($1::text[]) "
             "AND state = 'running' RETURNING job_id, cancel_requested",
             list(job_ids),
@@ -238,7 +239,7 @@ class JobStore:
     async def fail_orphans(self, *, lease_s: float, own: bool) -> list[JobRecord]:
         """Mark failed the running jobs of a lost worker: this worker's own, left by a previous
         process (``own``, at start-up), and any whose lease lapsed ``lease_s`` ago."""
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             f"UPDATE ops.jobs SET state = 'failed', finished_at = now(), updated_at = now(), "
             f"error = CASE WHEN worker = $1 AND $3 THEN 'worker restarted while running' "
             f"ELSE 'worker lost while running (lease expired)' END "
@@ -279,16 +280,3 @@ class JobStore:
             seconds = (record.finished_at - record.started_at).total_seconds()
             metrics.JOB_DURATION.labels(action=record.action).observe(max(seconds, 0.0))
 
-    # ---- driver boundary -------------------------------------------------------------------
-
-    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        with database_errors():
-            return await self.pool.fetchrow(sql, *args)
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        with database_errors():
-            return list(await self.pool.fetch(sql, *args))
-
-    async def _execute(self, sql: str, *args: Any) -> None:
-        with database_errors():
-            await self.pool.execute(sql, *args)

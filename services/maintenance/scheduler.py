@@ -23,12 +23,12 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from shared import DatabaseError, database_errors, get_logger, utcnow
+from shared import DatabaseError, Queries, database_errors, get_logger, utcnow
 
 from . import metrics
 from .intake import GUARDS
@@ -139,6 +139,7 @@ class CronScheduler:
     ) -> None:
         self.schedule = schedule
         self.pool = pool
+        self.db = Queries(pool)
         self.store = store
         self.runner = runner
         self.worker = worker
@@ -180,7 +181,7 @@ class CronScheduler:
         never fired."""
         now = self.clock()
         names = [j.name for j in self.schedule.enabled]
-        rows = await self._fetch(
+        rows = await self.db.fetch(
             "SELECT name, max(fire_time) AS last FROM ops.schedule_fires "
             "WHERE name = ANY($1::text[]) GROUP BY name", names,
         )
@@ -261,7 +262,7 @@ class CronScheduler:
         counted = f"{count}+" if more else str(count)
         detail = (f"{counted} fire(s) missed ({fire_key(first)} .. {fire_key(last)}); the newest "
                   f"by {late:.0f} s, past the grace of {job.misfire_grace_s:g} s: not run")
-        inserted = await self._fetchval(_FIRE, job.name, last, job.action, "skipped_misfire",
+        inserted = await self.db.fetchval(_FIRE, job.name, last, job.action, "skipped_misfire",
                                         None, detail, self.worker)
         if not inserted:
             return Decision(job.name, last, "taken")
@@ -341,10 +342,10 @@ class CronScheduler:
         """Latest outcome of every entry (from the database) into the gauges; old fires out."""
         now = self.clock()
         if self._cleaned is None or now - self._cleaned > timedelta(hours=6):
-            await self._execute("DELETE FROM ops.schedule_fires WHERE fire_time < $1",
+            await self.db.execute("DELETE FROM ops.schedule_fires WHERE fire_time < $1",
                                 now - KEEP_FIRES)
             self._cleaned = now
-        rows = await self._fetch(_LAST, [j.name for j in self.schedule.enabled],
+        rows = await self.db.fetch(_LAST, [j.name for j in self.schedule.enabled],
                                  list(TERMINAL_STATES))
         for row in rows:
             ended: datetime = row["ended_at"]
@@ -371,16 +372,3 @@ class CronScheduler:
     def _lookback(job: ScheduledJob) -> timedelta:
         return timedelta(seconds=job.misfire_grace_s + job.jitter_s)
 
-    # ---- driver boundary ---------------------------------------------------------------------
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        with database_errors():
-            return list(await self.pool.fetch(sql, *args))
-
-    async def _execute(self, sql: str, *args: Any) -> None:
-        with database_errors():
-            await self.pool.execute(sql, *args)
-
-    async def _fetchval(self, sql: str, *args: Any) -> Any:
-        with database_errors():
-            return await self.pool.fetchval(sql, *args)

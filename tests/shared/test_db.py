@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from opsctl._procs import free_port
-from shared import DatabaseError, connect, create_pool, database_errors
+from shared import DatabaseError, Queries, connect, create_pool, database_errors
 from tests.harness import Servers
 
 
@@ -42,5 +42,17 @@ async def test_database_errors_maps_a_pools_query_errors(servers: Servers) -> No
             await pool.fetch("SELECT * FROM no_such_table")
         with database_errors():  # a good query passes through untouched
             assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+
+
+async def test_queries_map_driver_errors_and_pass_results(servers: Servers) -> None:
+    pool = await create_pool(servers.database_url, min_size=1, max_size=1)
+    try:
+        db = Queries(pool)
+        assert await db.fetchval("SELECT 2") == 2
+        assert [r[0] for r in await db.fetch("SELECT generate_series(1, 3)")] == [1, 2, 3]
+        with pytest.raises(DatabaseError, match="no_such_table"):
+            await db.execute("DELETE FROM no_such_table")
     finally:
         await pool.close()
