@@ -37,6 +37,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+
+def opsctl(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m opsctl ARGS`` in a clean env (plus ``env``), output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "opsctl", *args],
+        env=clean_env(**env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
 @dataclass
 class UpProcess:
     """One ``python -m opsctl up`` and what it says about itself (stdout, state.json)."""

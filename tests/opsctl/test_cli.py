@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,21 +16,10 @@ import pytest
 from opsctl._embedded import NatsServer
 from opsctl._procs import free_port
 from shared import ensure_jetstream
-from tests.harness import REPO
-from tests.opsctl.conftest import clean_env
+from tests.opsctl.conftest import opsctl
 
 TOKEN = "s3cret-super-admin"
 
-
-def opsctl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "opsctl", *args],
-        env=clean_env(**env),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_migrate_applies_then_reports_up_to_date(fresh_database: str) -> None:

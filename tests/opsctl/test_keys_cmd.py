@@ -12,7 +12,6 @@ import contextlib
 import json
 import stat
 import subprocess
-import sys
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,20 +35,7 @@ from shared import (
     subjects,
     verify_command,
 )
-from tests.harness import REPO
-from tests.opsctl.conftest import clean_env
-
-
-def opsctl(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "opsctl", *args],
-        env=clean_env(**env),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
+from tests.opsctl.conftest import opsctl
 
 # ---- opsctl keys new -------------------------------------------------------------------------
 
