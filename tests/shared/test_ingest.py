@@ -24,21 +24,22 @@ async def test_records_arrive_in_batches_on_the_ingest_subject(servers: Servers)
         if sum(len(b) for b in received) >= 450:
             done.set()
 
-    await sub_client.subscribe(subjects.INGEST_REQUESTS, cb=on_batch)
-    await sub_client.flush()
-    publisher = BatchPublisher(pub_client, batch_size=200, flush_interval_s=0.05)
-    await publisher.start()
-    for i in range(450):
-        publisher.add(
-            request_record(method="GET", route="/x", status=200, duration_ms=i, tenant_id="acme")
-        )
-    await asyncio.wait_for(done.wait(), timeout=5)
-    await publisher.stop()
-    assert [len(b) for b in received][:2] == [200, 200]
-    assert sum(len(b) for b in received) == 450 and publisher.dropped == 0
-    assert received[0][0]["tenant_id"] == "acme" and received[0][0]["route"] == "/x"
-    await sub_client.close()
-    await pub_client.close()
+    try:
+        await sub_client.subscribe(subjects.INGEST_REQUESTS, cb=on_batch)
+        await sub_client.flush()
+        publisher = BatchPublisher(pub_client, batch_size=200, flush_interval_s=0.05)
+        await publisher.start()
+        for i in range(450):
+            publisher.add(request_record(method="GET", route="/x", status=200, duration_ms=i,
+                                         tenant_id="acme"))
+        await asyncio.wait_for(done.wait(), timeout=10)
+        await publisher.stop()
+        assert [len(b) for b in received][:2] == [200, 200]
+        assert sum(len(b) for b in received) == 450 and publisher.dropped == 0
+        assert received[0][0]["tenant_id"] == "acme" and received[0][0]["route"] == "/x"
+    finally:  # a failure must not leak two connections into later tests' warnings
+        await sub_client.close()
+        await pub_client.close()
 
 
 async def test_broker_down_drops_oldest_and_never_blocks(private_servers: Servers) -> None:
